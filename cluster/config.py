@@ -1,0 +1,221 @@
+"""Settings: ``mlops.yaml`` (section ``mlops:``) overridden by ``MLOPS_*`` variables.
+
+Nested keys use ``__`` in variable names, e.g.
+``MLOPS_MONITORING__ALERT_THRESHOLDS__LATENCY_MS=500``. ``MLOPS_HOME`` sets where
+the lake and the registry live (default ``.mlops/`` in the working directory),
+``MLOPS_CONFIG`` which YAML file is read (default ``./mlops.yaml`` when present),
+and ``MLOPS_API_TOKENS`` the API tokens as ``role:token,role:token``.
+
+Every section forbids unknown keys, so a typo in the file is refused with the
+key's full path rather than silently ignored.
+"""
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from cluster.errors import ConfigError
+
+ROLES = ("viewer", "operator", "admin")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class IndicatorParams(_Section):
+    sma_windows: list[int] = [5, 10, 20, 60]
+    ema_windows: list[int] = [12, 26]
+    bollinger_window: int = 20
+    bollinger_std: float = 2.0
+    sar_acceleration: float = 0.02
+    sar_maximum: float = 0.2
+    rsi_window: int = 14
+    stoch_k: int = 14
+    stoch_slowk: int = 3
+    stoch_d: int = 3
+    williams_window: int = 14
+    cci_window: int = 20
+    vwap_window: int = 20
+    atr_window: int = 14
+    hv_window: int = 20
+    hv_annualization: int = 252
+
+
+class FeaturePipelineSettings(_Section):
+    indicators: IndicatorParams = IndicatorParams()
+    # Instruments per Ray Data block: each block holds whole instruments only.
+    instruments_per_block: int = Field(16, ge=1)
+    # Below this many rows to compute, the pipeline runs in process: scheduling
+    # Ray Data tasks costs more than the work.
+    local_threshold_rows: int = Field(20_000, ge=0)
+
+
+class QlibSettings(_Section):
+    region: Literal["us", "cn"] = "us"
+    label: str = "Ref($close, -2) / Ref($close, -1) - 1"
+    label_horizon: int = 2
+
+
+class IngestSettings(_Section):
+    # Relative slack allowed for open/close outside [low, high]: Yahoo rounds
+    # prices, and CBOE 2020-01-10 opens 0.07% above its high in the shared data.
+    range_tolerance: float = Field(1e-3, ge=0)
+    on_error: Literal["fail", "quarantine"] = "fail"
+
+
+class AlertThresholds(_Section):
+    accuracy_drop: float = 0.05
+    latency_ms: float = 1000
+    drift_score: float = 0.3
+
+
+class MonitoringSettings(_Section):
+    alert_thresholds: AlertThresholds = AlertThresholds()
+
+
+class ApiSettings(_Section):
+    # token -> role
+    tokens: dict[str, Literal["viewer", "operator", "admin"]] = {}
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    @field_validator("tokens", mode="before")
+    @classmethod
+    def _parse_tokens(cls, value: Any) -> Any:
+        return parse_tokens(value) if isinstance(value, (str, list)) else value
+
+
+class ServingSettings(_Section):
+    replica_num_cpus: float = Field(0.25, gt=0)
+    num_replicas: int = Field(1, ge=1)
+    predictions_flush_rows: int = Field(500, ge=1)
+    predictions_flush_seconds: float = Field(2.0, gt=0)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MLOPS_", env_nested_delimiter="__",
+                                      extra="forbid")
+
+    home: Path = Path(".mlops")
+    # MLflow tracking/registry URI; default: SQLite under home.
+    tracking_uri: str | None = None
+    feature_pipeline: FeaturePipelineSettings = FeaturePipelineSettings()
+    qlib: QlibSettings = QlibSettings()
+    ingest: IngestSettings = IngestSettings()
+    monitoring: MonitoringSettings = MonitoringSettings()
+    api: ApiSettings = ApiSettings()
+    serving: ServingSettings = ServingSettings()
+
+    @property
+    def lake_dir(self) -> Path:
+        return self.home / "lake"
+
+    @property
+    def registry_uri(self) -> str:
+        if self.tracking_uri:
+            return self.tracking_uri
+        return f"sqlite:///{(self.home / 'mlflow.db').resolve()}"
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings,
+                                   dotenv_settings, file_secret_settings):
+        # Precedence: explicit arguments > MLOPS_* variables > mlops.yaml > defaults.
+        return (init_settings, _TokensEnvSource(settings_cls), env_settings,
+                _YamlSource(settings_cls))
+
+
+def parse_tokens(value: str | list) -> dict[str, str]:
+    """``"role:token,role:token"`` (or a list of such items) -> {token: role}."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    out: dict[str, str] = {}
+    for item in (i.strip() for i in items):
+        if not item:
+            continue
+        role, sep, token = item.partition(":")
+        if not sep or not token or role not in ROLES:
+            raise ValueError(f"token entry {item!r} is not 'role:token' with role in {ROLES}")
+        out[token] = role
+    return out
+
+
+def config_path() -> Path | None:
+    env = os.environ.get("MLOPS_CONFIG")
+    if env:
+        return Path(env)
+    local = Path("mlops.yaml")
+    return local if local.exists() else None
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    def get_field_value(self, field, field_name):  # pragma: no cover - unused
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = config_path()
+        if path is None:
+            return {}
+        return read_yaml_section(path)
+
+
+class _TokensEnvSource(PydanticBaseSettingsSource):
+    """``MLOPS_API_TOKENS=role:token,...`` is flat, not ``MLOPS_API__TOKENS``."""
+
+    def get_field_value(self, field, field_name):  # pragma: no cover - unused
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        raw = os.environ.get("MLOPS_API_TOKENS")
+        return {"api": {"tokens": raw}} if raw else {}
+
+
+def read_yaml_section(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict) or set(data) - {"mlops"}:
+        extra = sorted(set(data) - {"mlops"}) if isinstance(data, dict) else [type(data).__name__]
+        raise ConfigError(f"{path}: top-level key(s) {extra} not allowed; "
+                          "put every setting under 'mlops:'")
+    section = data.get("mlops") or {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: key 'mlops' must be a mapping")
+    return section
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings; a bad file or variable raises ConfigError naming the key."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        src = config_path() or "environment"
+        problems = []
+        for err in exc.errors():
+            key = "mlops." + ".".join(str(p) for p in err["loc"])
+            problems.append(f"{key}: {err['msg']} (got {err.get('input')!r})")
+        raise ConfigError(f"{src}: invalid setting " + "; ".join(problems)) from None
+
+
+@lru_cache(maxsize=1)
+def _cached() -> Settings:
+    return load_settings()
+
+
+def get_settings() -> Settings:
+    """Process-wide settings, read once. ``reset_settings()`` forgets them."""
+    return _cached()
+
+
+def reset_settings() -> None:
+    _cached.cache_clear()

@@ -1,0 +1,202 @@
+"""The ``bars`` table: one Delta commit per ingest, one data version per commit.
+
+Partitioned by ``instrument`` so one instrument is read without touching the
+others. A commit carries its own summary (source, date range, instruments, rows,
+status) as commit metadata, so listing versions reads only the Delta log.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from deltalake import write_deltalake
+
+from cluster.lake import tables
+from cluster.schema import BAR_COLUMNS, BARS_SCHEMA, KEY, VALUE_COLUMNS
+
+
+@dataclass
+class CommitResult:
+    data_version: int
+    created: bool
+    rows_added: int
+    rows_restated: int
+    summary: dict
+    instruments_changed: list[str]
+    start: pd.Timestamp | None  # range of the dates added or restated
+    end: pd.Timestamp | None
+
+
+class BarsTable:
+    def __init__(self, lake_dir: Path):
+        self.path = tables.table_path(lake_dir, "bars")
+
+    def exists(self) -> bool:
+        return tables.exists(self.path)
+
+    def version(self) -> int | None:
+        return tables.open_table(self.path).version() if self.exists() else None
+
+    # -- reading -----------------------------------------------------------
+    def read(self, version: int | None = None, instruments: list[str] | None = None,
+             start=None, end=None, columns: list[str] | None = None) -> pd.DataFrame:
+        """Bars as of ``version`` (latest when None), sorted by instrument, date."""
+        dt = tables.open_table(self.path, version)
+        filters = []
+        if instruments is not None:
+            if not instruments:
+                return pd.DataFrame(columns=columns or BAR_COLUMNS)
+            filters.append(("instrument", "in", list(instruments)))
+        if start is not None:
+            filters.append(("date", ">=", pd.Timestamp(start).date()))
+        if end is not None:
+            filters.append(("date", "<=", pd.Timestamp(end).date()))
+        table = dt.to_pyarrow_table(columns=columns, filters=filters or None)
+        frame = tables.to_frame(table)
+        order = [c for c in ("instrument", "date") if c in frame]
+        return frame.sort_values(order, kind="stable").reset_index(drop=True) if order else frame
+
+    def instruments(self, version: int | None = None) -> list[str]:
+        dt = tables.open_table(self.path, version)
+        actions = tables.add_actions(dt)
+        return sorted(set(actions.column("partition.instrument").to_pylist()))
+
+    def stats(self, version: int | None = None) -> dict:
+        """Rows, instruments and date range of a version, from the log alone."""
+        if not self.exists():
+            return {"rows": 0, "instruments": 0, "start": None, "end": None}
+        actions = tables.add_actions(tables.open_table(self.path, version))
+        if actions.num_rows == 0:
+            return {"rows": 0, "instruments": 0, "start": None, "end": None}
+        mins = [d for d in actions.column("min.date").to_pylist() if d is not None]
+        maxs = [d for d in actions.column("max.date").to_pylist() if d is not None]
+        return {
+            "rows": int(sum(actions.column("num_records").to_pylist())),
+            "instruments": len(set(actions.column("partition.instrument").to_pylist())),
+            "start": str(min(mins)) if mins else None,
+            "end": str(max(maxs)) if maxs else None,
+        }
+
+    # -- writing -----------------------------------------------------------
+    def commit(self, bars: pd.DataFrame, source: str, extra: dict | None = None) -> CommitResult:
+        """Append new (instrument, date) rows and merge restated ones, atomically.
+
+        Identical data makes no commit. New rows only -> one append commit;
+        any restated row -> one merge commit covering new and restated rows.
+        """
+        bars = bars[BAR_COLUMNS]
+        if not self.exists():
+            return self._write(bars, source, extra, restated=None, current=None)
+        current = self.version()
+        instruments = sorted(bars["instrument"].unique().tolist())
+        existing = self.read(current, instruments=instruments,
+                             start=bars["date"].min(), end=bars["date"].max())
+        merged = bars.merge(existing, on=KEY, how="left", suffixes=("", "_old"), indicator=True)
+        is_new = (merged["_merge"] == "left_only").to_numpy()
+        changed = np.zeros(len(merged), dtype=bool)
+        for c in VALUE_COLUMNS:
+            a, b = merged[c].to_numpy(), merged[f"{c}_old"].to_numpy()
+            changed |= ~is_new & ~((a == b) | (np.isnan(a) & np.isnan(b)))
+        if not is_new.any() and not changed.any():
+            stats = self.stats(current)
+            return CommitResult(current, False, 0, 0, stats, [], None, None)
+        delta = merged.loc[is_new | changed, BAR_COLUMNS].reset_index(drop=True)
+        return self._write(delta, source, extra, restated=int(changed.sum()), current=current)
+
+    def _write(self, rows: pd.DataFrame, source: str, extra: dict | None,
+               restated: int | None, current: int | None) -> CommitResult:
+        n_restated = restated or 0
+        n_added = len(rows) - n_restated
+        before = self.stats(current) if current is not None else {
+            "rows": 0, "instruments": 0, "start": None, "end": None}
+        old_instruments = set(self.instruments(current)) if current is not None else set()
+        changed_instruments = sorted(rows["instrument"].unique().tolist())
+        start, end = rows["date"].min(), rows["date"].max()
+        summary = {
+            "kind": "ingest",
+            "source": source,
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "rows": before["rows"] + n_added,
+            "instruments": len(old_instruments | set(changed_instruments)),
+            "start": min(filter(None, [before["start"], f"{start:%Y-%m-%d}"])),
+            "end": max(filter(None, [before["end"], f"{end:%Y-%m-%d}"])),
+            "rows_added": n_added,
+            "rows_restated": n_restated,
+            "status": "ok",
+            **(extra or {}),
+        }
+        table = tables.to_arrow(rows, BARS_SCHEMA)
+        props = tables.commit_properties(summary)
+        if not n_restated:
+            write_deltalake(str(self.path), table, mode="append", partition_by=["instrument"],
+                            commit_properties=props)
+        else:
+            dt = tables.open_table(self.path)
+            listed = ", ".join("'" + i.replace("'", "''") + "'" for i in changed_instruments)
+            (dt.merge(table, predicate=(f"t.instrument IN ({listed}) AND "
+                                        "t.instrument = s.instrument AND t.date = s.date"),
+                      source_alias="s", target_alias="t", commit_properties=props)
+               .when_matched_update_all().when_not_matched_insert_all().execute())
+        version = self.version()
+        return CommitResult(version, True, n_added, n_restated,
+                            {k: summary[k] for k in ("rows", "instruments", "start", "end")},
+                            changed_instruments, start, end)
+
+    # -- history -----------------------------------------------------------
+    def versions(self) -> list[dict]:
+        """Every data version, oldest first: id, created at, source, range, rows, status."""
+        if not self.exists():
+            return []
+        out = []
+        for entry in sorted(tables.open_table(self.path).history(), key=lambda e: e["version"]):
+            meta = tables.commit_meta(entry)
+            created = meta.get("created_at") or datetime.fromtimestamp(
+                entry.get("timestamp", 0) / 1000, timezone.utc).isoformat(timespec="seconds")
+            if not meta:  # a commit made by another Delta writer (optimize, ...)
+                meta = {"source": entry.get("operation", "unknown"), "status": "external",
+                        **self.stats(entry["version"])}
+            out.append({
+                "version": entry["version"],
+                "created_at": created,
+                "source": meta.get("source"),
+                "start": meta.get("start"),
+                "end": meta.get("end"),
+                "instruments": meta.get("instruments"),
+                "rows": meta.get("rows"),
+                "rows_added": meta.get("rows_added"),
+                "rows_restated": meta.get("rows_restated"),
+                "rows_quarantined": meta.get("rows_quarantined", 0),
+                "status": meta.get("status"),
+            })
+        return out
+
+    def diff(self, a: int, b: int) -> dict:
+        """What changed from version ``a`` to version ``b``."""
+        old = self.read(a)
+        new = self.read(b)
+        merged = new.merge(old, on=KEY, how="outer", suffixes=("", "_old"), indicator=True)
+        added = merged["_merge"] == "left_only"
+        removed = merged["_merge"] == "right_only"
+        both = (merged["_merge"] == "both").to_numpy()
+        restated = np.zeros(len(merged), dtype=bool)
+        for c in VALUE_COLUMNS:
+            x, y = merged[c].to_numpy(), merged[f"{c}_old"].to_numpy()
+            restated |= both & ~((x == y) | (np.isnan(x) & np.isnan(y)))
+        old_inst, new_inst = set(old["instrument"]), set(new["instrument"])
+        old_dates = set(old["date"])
+        new_dates = sorted(d for d in set(new["date"]) if d not in old_dates)
+        return {
+            "from": a, "to": b,
+            "instruments_added": sorted(new_inst - old_inst),
+            "instruments_removed": sorted(old_inst - new_inst),
+            "dates_added": [f"{pd.Timestamp(d):%Y-%m-%d}" for d in new_dates],
+            "rows_added": int(added.sum()),
+            "rows_removed": int(removed.sum()),
+            "rows_restated": int(restated.sum()),
+            "restated": [{"instrument": i, "date": f"{pd.Timestamp(d):%Y-%m-%d}"}
+                         for i, d in merged.loc[restated, KEY].head(1000).itertuples(index=False)],
+        }
+

@@ -1,0 +1,110 @@
+"""A seeded synthetic market in Yahoo's columns (raw prices plus ``Adj Close``).
+
+- returns load on a market factor and a sector factor (correlated stocks);
+- a two-state volatility regime (calm / turbulent, Markov switching);
+- a weak weekly reversal, so there is something for a model to learn;
+- volume that rises with |return| and with the regime;
+- occasional splits: raw prices drop by the ratio, and ``Adj Close`` is the
+  raw close divided by the product of later split ratios, as Yahoo publishes
+  it, so ``factor = Adj Close / Close`` is not always 1.
+
+Day ``t`` draws from its own generator seeded by ``(seed, t)``: asking for one
+more day leaves the earlier days' raw prices unchanged (a later split still
+restates ``Adj Close``, as it does in real data).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+N_SECTORS = 5
+REVERSAL = 0.08
+
+
+def trading_days(n_days: int, start: str = "2015-01-05") -> pd.DatetimeIndex:
+    return pd.bdate_range(start=start, periods=n_days)
+
+
+def synthetic_market(n_stocks: int = 50, n_days: int = 500, seed: int = 0,
+                     start: str = "2015-01-05") -> pd.DataFrame:
+    """Yahoo-format frame: Date, High, Low, Open, Close, Volume, Adj Close, Name."""
+    if n_stocks < 1 or n_days < 1:
+        raise ValueError("n_stocks and n_days must be positive")
+    days = trading_days(n_days, start)
+    p = _stock_params(n_stocks, seed)
+    n = n_stocks
+    raw_close = np.empty((n_days, n))
+    raw_open = np.empty((n_days, n))
+    high = np.empty((n_days, n))
+    low = np.empty((n_days, n))
+    volume = np.empty((n_days, n))
+    split = np.ones((n_days, n))
+    recent = np.zeros((5, n))  # last five returns, for the weekly reversal
+    prev_close = p["price0"].copy()
+    shares_mult = np.ones(n)  # raw volume scales with the splits so far
+    turbulent = False
+    for t in range(n_days):
+        rng = np.random.default_rng([seed, t])
+        u, market_z = rng.random(), rng.standard_normal()
+        turbulent = (u < 0.02) if not turbulent else (u >= 0.08)
+        vol_mult = 2.2 if turbulent else 1.0
+        market = 0.0003 + 0.008 * vol_mult * market_z
+        sectors = 0.005 * vol_mult * rng.standard_normal(N_SECTORS)
+        eps = rng.standard_normal(n)
+        gap_z = rng.standard_normal(n)
+        wick = np.abs(rng.standard_normal((2, n)))
+        vol_noise = rng.standard_normal(n)
+        split_u = rng.random(n)
+        split_ratio = rng.choice([2.0, 3.0, 1.5], size=n)
+
+        ret = (p["beta"] * market + p["sector_beta"] * sectors[p["sector"]]
+               - REVERSAL * recent.mean(axis=0) + p["idio"] * vol_mult * eps)
+        ret = np.clip(ret, -0.5, 0.5)
+        recent = np.roll(recent, 1, axis=0)
+        recent[0] = ret
+        # Splits happen before the open: the raw price series drops by the ratio.
+        splits_today = split_u < 1.0 / 1500
+        ratio = np.where(splits_today, split_ratio, 1.0)
+        split[t] = ratio
+        shares_mult *= ratio
+        base = prev_close / ratio
+        sigma = p["idio"] * vol_mult
+        o = base * np.exp(0.3 * sigma * gap_z)
+        c = base * np.exp(ret)
+        h = np.maximum(o, c) * np.exp(0.5 * sigma * wick[0])
+        lo = np.minimum(o, c) * np.exp(-0.5 * sigma * wick[1])
+        raw_open[t], raw_close[t], high[t], low[t] = o, c, h, lo
+        volume[t] = np.round(p["volume0"] * shares_mult * np.exp(0.35 * vol_noise) * (1 + 25 * np.abs(ret))
+                             * (1.4 if turbulent else 1.0))
+        prev_close = c
+    # Yahoo's Adj Close divides by every split that happens after the day.
+    later = np.cumprod(split[::-1], axis=0)[::-1]
+    later = np.vstack([later[1:], np.ones((1, n))])
+    rounded = {k: np.round(v, 2) for k, v in
+               {"Open": raw_open, "High": high, "Low": low, "Close": raw_close}.items()}
+    names = np.array([f"S{i:04d}" for i in range(n)])
+    frame = pd.DataFrame({
+        "Date": np.repeat(days.strftime("%Y-%m-%d").to_numpy(), n),
+        "High": rounded["High"].ravel(),
+        "Low": rounded["Low"].ravel(),
+        "Open": rounded["Open"].ravel(),
+        "Close": rounded["Close"].ravel(),
+        "Volume": volume.ravel(),
+        "Adj Close": (rounded["Close"] / later).ravel(),
+        "Name": np.tile(names, n_days),
+    })
+    return frame.sort_values(["Name", "Date"], kind="stable").reset_index(drop=True)
+
+
+def _stock_params(n: int, seed: int) -> dict[str, np.ndarray]:
+    # One generator per stock keeps stock i's parameters independent of n.
+    rows = [np.random.default_rng([seed, 1_000_003, i]).random(6) for i in range(n)]
+    r = np.array(rows)
+    return {
+        "sector": (r[:, 0] * N_SECTORS).astype(int),
+        "beta": 0.6 + 0.8 * r[:, 1],
+        "sector_beta": 0.3 + 0.5 * r[:, 2],
+        "idio": 0.010 + 0.015 * r[:, 3],
+        "price0": np.exp(np.log(50) + 0.8 * (r[:, 4] - 0.5) * 3),
+        "volume0": np.exp(np.log(2e6) + (r[:, 5] - 0.5) * 3),
+    }

@@ -1,0 +1,39 @@
+"""What every job shares: logging on stderr, the JSON summary as stdout's last line,
+and refusals reported on stderr with a non-zero exit."""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Callable
+
+from cluster.errors import MlopsError
+
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def print_summary(summary) -> None:
+    sys.stdout.flush()
+    print(json.dumps(summary, default=str), flush=True)
+
+
+def run(main: Callable[[list[str] | None], object], argv: list[str] | None = None) -> int:
+    """Run ``main``; print its result as JSON last on stdout; refusals exit 1."""
+    setup_logging()
+    try:
+        summary = main(argv)
+    except MlopsError as exc:
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        return EXIT_REFUSED
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_USAGE
+    if summary is not None:
+        print_summary(summary)
+    return 0

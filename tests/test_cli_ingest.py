@@ -1,0 +1,81 @@
+"""CLI contract of jobs.ingest / jobs.data (other issues and checks rely on it)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT, shared_file
+
+INGEST_KEYS = {"data_version", "rows_added", "rows_restated", "rows_total", "instruments",
+               "start", "end"}
+
+
+def run_job(home, *args, check=True):
+    env = dict(os.environ, MLOPS_HOME=str(home), PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True,
+                          cwd=ROOT, env=env)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def last_json(proc):
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_ingest_versions_diff_contract(tmp_path):
+    home = tmp_path / "home"
+    first = last_json(run_job(home, "jobs.ingest", "--source", "synthetic", "--stocks", "5",
+                              "--days", "30", "--seed", "2"))
+    assert INGEST_KEYS <= set(first)
+    assert (first["data_version"], first["rows_added"], first["rows_total"]) == (0, 150, 150)
+    assert first["instruments"] == 5 and first["start"] == "2015-01-05"
+    again = last_json(run_job(home, "jobs.ingest", "--source", "synthetic", "--stocks", "5",
+                              "--days", "30", "--seed", "2"))
+    assert (again["data_version"], again["rows_added"]) == (0, 0)
+    more = last_json(run_job(home, "jobs.ingest", "--source", "synthetic", "--stocks", "6",
+                             "--days", "31", "--seed", "2", "--format", "synthetic"))
+    assert more["data_version"] == 1 and more["rows_added"] == 6 * 31 - 150
+    versions = last_json(run_job(home, "jobs.data", "versions"))
+    assert [v["version"] for v in versions] == [0, 1]
+    assert {"version", "created_at", "source", "start", "end", "instruments", "rows",
+            "status"} <= set(versions[0])
+    diff = last_json(run_job(home, "jobs.data", "diff", "0", "1"))
+    assert diff["instruments_added"] == ["S0005"] and diff["dates_added"] == ["2015-02-16"]
+
+
+def test_refusal_exits_nonzero_with_error_on_stderr(tmp_path):
+    bad = tmp_path / "X_data.csv"
+    bad.write_text("Date,High,Low,Open,Close,Volume,Adj Close,Name\n"
+                   "2020-01-02,10,9,9.5,9.7,100,9.7,X\n2020-01-03,10,9,abc,9.7,100,9.7,X\n")
+    proc = run_job(tmp_path / "home", "jobs.ingest", "--source", str(bad), check=False)
+    assert proc.returncode != 0
+    assert "X_data.csv, line 3, column 'Open'" in proc.stderr
+    assert proc.stdout.strip() == ""
+    assert not (tmp_path / "home" / "lake" / "bars").exists()
+
+
+def test_whole_shared_parquet_and_csv_sample(tmp_path):
+    parquet = shared_file("sp500_5yr_dev.parquet")
+    csvs = shared_file("sp500_csv_sample")
+    home = tmp_path / "home"
+    refused = run_job(home, "jobs.ingest", "--source", str(parquet), check=False)
+    assert refused.returncode != 0 and "row 80976, column 'Open'" in refused.stderr
+    s = last_json(run_job(home, "jobs.ingest", "--source", str(parquet),
+                          "--on-error", "quarantine"))
+    # DIS open above high, DXC close below low, STI's two differing 2019-12-06 rows
+    assert s["rows_quarantined"] == 4 and s["rows_added"] == 295313 - 4
+    assert s["instruments"] == 241 and (s["start"], s["end"]) == ("2015-01-12", "2020-01-10")
+    assert any("152 row(s) with zero volume" in w for w in s["warnings"])
+    c = last_json(run_job(home, "jobs.ingest", "--source", str(csvs)))
+    assert c["data_version"] == s["data_version"] and c["rows_added"] == 0, \
+        "the CSV sample holds the same bars as the parquet file"
+    fresh = last_json(run_job(tmp_path / "home2", "jobs.ingest", "--source", str(csvs)))
+    assert fresh["instruments"] == 12 and fresh["rows_total"] == 14034
+
+
+def test_pipeline_job_runs(tmp_path):
+    s = last_json(run_job(tmp_path / "home", "jobs.pipeline", "--stocks", "4", "--days", "40"))
+    assert s["data_version"] == 0

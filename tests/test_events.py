@@ -1,0 +1,61 @@
+"""Event bus: typed events, in-process subscribers, an append-only table read by offset."""
+import subprocess
+import sys
+from datetime import date
+
+import pytest
+
+from cluster.events import (AlertRaised, DataSynced, EventBus, TrainingProgress, parse_event)
+from tests.conftest import ROOT
+
+
+def test_publish_subscribe_and_persist(tmp_path):
+    bus = EventBus(tmp_path)
+    seen, everything = [], []
+    bus.subscribe("data_synced", seen.append)
+    unsubscribe = bus.subscribe("*", everything.append)
+    bus.publish(DataSynced(data_version=0, instruments=["A"], start=date(2020, 1, 1),
+                           end=date(2020, 1, 2)))
+    bus.publish(AlertRaised(alert="latency", value=1200, threshold=1000))
+    unsubscribe()
+    bus.publish(TrainingProgress(run_id="r", model="lightgbm", stage="training", percent=50))
+    assert [e.type for e in seen] == ["data_synced"]
+    assert [e.type for e in everything] == ["data_synced", "alert_raised"]
+    events = bus.read()
+    assert [(o, e.type) for o, e in events] == [(0, "data_synced"), (1, "alert_raised"),
+                                               (2, "training_progress")]
+    assert events[0][1].start == date(2020, 1, 1)
+    assert [e.type for _, e in bus.read(after=1)] == ["training_progress"]
+    assert bus.read(after=2) == []
+    assert [e.type for _, e in bus.read(types=["alert_raised"])] == ["alert_raised"]
+
+
+def test_failing_subscriber_does_not_break_publisher(tmp_path):
+    bus = EventBus(None)
+    got = []
+
+    def broken(event):
+        raise RuntimeError("bug in a subscriber")
+    bus.subscribe("alert_raised", broken)
+    bus.subscribe("alert_raised", got.append)
+    bus.publish(AlertRaised(alert="x"))
+    assert len(got) == 1
+
+
+def test_unknown_type_is_refused():
+    with pytest.raises(ValueError, match="unknown event type"):
+        EventBus(None).subscribe("data_syncd", print)
+    with pytest.raises(Exception):
+        parse_event({"type": "nope"})
+
+
+def test_another_process_reads_from_an_offset(tmp_path):
+    bus = EventBus(tmp_path)
+    bus.publish(AlertRaised(alert="first"))
+    code = ("import sys; from pathlib import Path; from cluster.events import EventBus, AlertRaised;"
+            "b = EventBus(Path(sys.argv[1])); b.publish(AlertRaised(alert='from-child'));"
+            "print([e.alert for _, e in b.read(after=0)])")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
+                         text=True, cwd=ROOT, check=True).stdout
+    assert "from-child" in out
+    assert [e.alert for _, e in bus.read(after=0)] == ["from-child"]

@@ -1,0 +1,140 @@
+"""The bars table: data versions, reads as of a version, diffs, atomic commits."""
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, strategies as st
+
+from cluster.lake.bars import BarsTable
+from cluster.schema import BAR_COLUMNS, KEY
+from tests.strategies import valid_bars
+
+
+def norm(frame):
+    return frame[BAR_COLUMNS].sort_values(KEY).reset_index(drop=True)
+
+
+@st.composite
+def ingest_sequences(draw):
+    """A first batch, then batches that append, restate or repeat earlier rows."""
+    first = draw(valid_bars())
+    batches = [first]
+    for _ in range(draw(st.integers(1, 3))):
+        kind = draw(st.sampled_from(["append", "restate", "repeat", "mixed"]))
+        new = draw(valid_bars())
+        prev = batches[-1].reset_index(drop=True)
+        if kind == "repeat":
+            batches.append(prev.copy())
+        elif kind == "restate":
+            changed = prev.copy()
+            pick = draw(st.lists(st.integers(0, len(prev) - 1), min_size=1, max_size=3))
+            changed.loc[pick, "close"] = changed.loc[pick, "close"] * 1.01
+            changed.loc[pick, "high"] = changed.loc[pick, ["high", "close"]].max(axis=1)
+            batches.append(changed)
+        elif kind == "append":
+            batches.append(new)
+        else:
+            batches.append(pd.concat([prev.head(2).assign(volume=prev.head(2)["volume"] + 1),
+                                      new]).drop_duplicates(KEY, keep="first"))
+    return batches
+
+
+@given(batches=ingest_sequences())
+def test_property8_read_at_version_is_exactly_what_was_ingested(batches):
+    """Feature: mlops-optimization, Property 8: reading at version v returns exactly what
+    was ingested up to v, whatever sequence of appends and restatements came before."""
+    with tempfile.TemporaryDirectory() as d:
+        table = BarsTable(Path(d))
+        expected: dict[int, pd.DataFrame] = {}
+        state = pd.DataFrame(columns=BAR_COLUMNS)
+        for batch in batches:
+            before = table.version()
+            result = table.commit(batch, source="test")
+            state = pd.concat([state[~state.set_index(KEY).index.isin(
+                batch.set_index(KEY).index)], batch]) if len(state) else batch
+            if result.created:
+                assert result.data_version == (0 if before is None else before + 1)
+                expected[result.data_version] = norm(state)
+            else:
+                assert result.data_version == before
+                pd.testing.assert_frame_equal(norm(table.read()), norm(state),
+                                              check_dtype=False)
+        for version, frame in expected.items():
+            got = norm(table.read(version))
+            pd.testing.assert_frame_equal(got, frame, check_dtype=False)
+        versions = table.versions()
+        assert [v["version"] for v in versions] == sorted(expected)
+        assert all(v["rows"] == len(expected[v["version"]]) for v in versions)
+
+
+def test_commit_counts_added_restated_and_skips_identical(tmp_path, ):
+    bars = pd.DataFrame({
+        "instrument": ["A", "A", "B"], "date": pd.to_datetime(["2020-01-01", "2020-01-02",
+                                                                "2020-01-01"]),
+        "open": 1.0, "high": 2.0, "low": 0.5, "close": 1.5, "volume": 10.0, "factor": 1.0,
+        "vwap": 1.3})
+    t = BarsTable(tmp_path)
+    r0 = t.commit(bars, "s")
+    assert (r0.data_version, r0.rows_added, r0.rows_restated) == (0, 3, 0)
+    assert not t.commit(bars, "s").created
+    more = bars.copy()
+    more.loc[0, "close"] = 1.6
+    more = pd.concat([more, bars.iloc[[2]].assign(date=pd.Timestamp("2020-01-02"))])
+    r1 = t.commit(more, "s")
+    assert (r1.data_version, r1.rows_added, r1.rows_restated) == (1, 1, 1)
+    diff = t.diff(0, 1)
+    assert diff["rows_added"] == 1 and diff["rows_restated"] == 1
+    assert diff["dates_added"] == [] and diff["instruments_added"] == []
+    assert diff["restated"] == [{"instrument": "A", "date": "2020-01-01"}]
+    assert t.read(0).loc[0, "close"] == 1.5 and t.read(1).loc[0, "close"] == 1.6
+    only_b = t.read(instruments=["B"])
+    assert set(only_b["instrument"]) == {"B"} and len(only_b) == 2
+    v = t.versions()
+    assert [x["rows"] for x in v] == [3, 4]
+    assert v[1]["start"] == "2020-01-01" and v[1]["end"] == "2020-01-02"
+    assert v[1]["instruments"] == 2 and v[1]["status"] == "ok"
+
+
+def test_failed_commit_leaves_previous_version(tmp_path, monkeypatch):
+    bars = pd.DataFrame({"instrument": ["A"], "date": pd.to_datetime(["2020-01-01"]),
+                         "open": 1.0, "high": 2.0, "low": 0.5, "close": 1.5, "volume": 1.0,
+                         "factor": 1.0, "vwap": 1.0})
+    t = BarsTable(tmp_path)
+    t.commit(bars, "s")
+    import cluster.lake.bars as mod
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+    monkeypatch.setattr(mod, "write_deltalake", broken)
+    with pytest.raises(OSError):
+        t.commit(bars.assign(date=pd.Timestamp("2020-01-02")), "s")
+    assert t.version() == 0
+    pd.testing.assert_frame_equal(norm(t.read()), norm(bars), check_dtype=False)
+
+
+def test_one_instrument_reads_only_its_partition(tmp_path):
+    bars = pd.DataFrame({"instrument": list("ABC"), "date": pd.to_datetime(["2020-01-01"] * 3),
+                         "open": 1.0, "high": 2.0, "low": 0.5, "close": 1.5, "volume": 1.0,
+                         "factor": 1.0, "vwap": 1.0})
+    t = BarsTable(tmp_path)
+    t.commit(bars, "s")
+    dirs = sorted(p.name for p in t.path.iterdir() if p.is_dir() and not p.name.startswith("_"))
+    assert dirs == ["instrument=A", "instrument=B", "instrument=C"]
+    from cluster.lake import tables
+    dt = tables.open_table(t.path)
+    files = dt.file_uris(partition_filters=[("instrument", "=", "B")])
+    assert len(files) == 1 and "instrument=B" in files[0]
+
+
+def test_unknown_version_is_a_clear_error(tmp_path):
+    from cluster.errors import LakeError
+    t = BarsTable(tmp_path)
+    with pytest.raises(LakeError, match="nothing ingested"):
+        t.read()
+    t.commit(pd.DataFrame({"instrument": ["A"], "date": pd.to_datetime(["2020-01-01"]),
+                           "open": 1.0, "high": 2.0, "low": 0.5, "close": 1.5, "volume": 1.0,
+                           "factor": 1.0, "vwap": 1.0}), "s")
+    with pytest.raises(LakeError, match="no version 5"):
+        t.read(5)
