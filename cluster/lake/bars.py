@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from deltalake import write_deltalake
 
 from cluster.lake import tables
@@ -58,6 +59,26 @@ class BarsTable:
         frame = tables.to_frame(table)
         order = [c for c in ("instrument", "date") if c in frame]
         return frame.sort_values(order, kind="stable").reset_index(drop=True) if order else frame
+
+    def changes(self, after: int, upto: int | None = None) -> pd.DataFrame | None:
+        """Rows inserted or restated in versions ``after+1 .. upto`` (change data feed).
+
+        Columns: the bar columns plus ``change`` ("insert" or "update"). ``None`` when
+        the table keeps no change feed (then callers recompute from snapshots).
+        """
+        dt = tables.open_table(self.path, upto)
+        if dt.metadata().configuration.get("delta.enableChangeDataFeed") != "true":
+            return None
+        if after >= dt.version():
+            return pd.DataFrame(columns=BAR_COLUMNS + ["change"])
+        feed = pa.table(dt.load_cdf(starting_version=after + 1, ending_version=dt.version()))
+        frame = tables.to_frame(feed)
+        kinds = frame["_change_type"]
+        frame = frame[kinds.isin(["insert", "update_postimage"])].copy()
+        frame["change"] = np.where(frame["_change_type"] == "insert", "insert", "update")
+        # The same key may change in several versions: keep its latest image.
+        frame = frame.sort_values("_commit_version").drop_duplicates(KEY, keep="last")
+        return frame[BAR_COLUMNS + ["change"]].sort_values(KEY).reset_index(drop=True)
 
     def instruments(self, version: int | None = None) -> list[str]:
         dt = tables.open_table(self.path, version)
@@ -131,8 +152,11 @@ class BarsTable:
         table = tables.to_arrow(rows, BARS_SCHEMA)
         props = tables.commit_properties(summary)
         if not n_restated:
+            # The change data feed lets the feature pipeline read exactly what a
+            # version added or restated, without diffing snapshots.
+            config = None if current is not None else {"delta.enableChangeDataFeed": "true"}
             write_deltalake(str(self.path), table, mode="append", partition_by=["instrument"],
-                            commit_properties=props)
+                            commit_properties=props, configuration=config)
         else:
             dt = tables.open_table(self.path)
             listed = ", ".join("'" + i.replace("'", "''") + "'" for i in changed_instruments)

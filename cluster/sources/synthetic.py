@@ -8,9 +8,10 @@
   raw close divided by the product of later split ratios, as Yahoo publishes
   it, so ``factor = Adj Close / Close`` is not always 1.
 
-Day ``t`` draws from its own generator seeded by ``(seed, t)``: asking for one
-more day leaves the earlier days' raw prices unchanged (a later split still
-restates ``Adj Close``, as it does in real data).
+Market draws for day ``t`` come from a generator seeded by ``(seed, t)`` and
+each stock's draws from its own stream, so asking for one more day or one more
+stock leaves the other raw prices unchanged (a later split still restates
+``Adj Close``, as it does in real data).
 """
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ def synthetic_market(n_stocks: int = 50, n_days: int = 500, seed: int = 0,
     prev_close = p["price0"].copy()
     shares_mult = np.ones(n)  # raw volume scales with the splits so far
     turbulent = False
+    noise = _stock_noise(n, n_days, seed)
     for t in range(n_days):
         rng = np.random.default_rng([seed, t])
         u, market_z = rng.random(), rng.standard_normal()
@@ -50,12 +52,9 @@ def synthetic_market(n_stocks: int = 50, n_days: int = 500, seed: int = 0,
         vol_mult = 2.2 if turbulent else 1.0
         market = 0.0003 + 0.008 * vol_mult * market_z
         sectors = 0.005 * vol_mult * rng.standard_normal(N_SECTORS)
-        eps = rng.standard_normal(n)
-        gap_z = rng.standard_normal(n)
-        wick = np.abs(rng.standard_normal((2, n)))
-        vol_noise = rng.standard_normal(n)
-        split_u = rng.random(n)
-        split_ratio = rng.choice([2.0, 3.0, 1.5], size=n)
+        eps, gap_z, wick_hi, wick_lo, vol_noise, split_u, split_pick = noise[:, t, :].T
+        wick = np.abs(np.vstack([wick_hi, wick_lo]))
+        split_ratio = np.array([2.0, 3.0, 1.5])[np.minimum((split_pick * 3).astype(int), 2)]
 
         ret = (p["beta"] * market + p["sector_beta"] * sectors[p["sector"]]
                - REVERSAL * recent.mean(axis=0) + p["idio"] * vol_mult * eps)
@@ -94,6 +93,22 @@ def synthetic_market(n_stocks: int = 50, n_days: int = 500, seed: int = 0,
         "Name": np.tile(names, n_days),
     })
     return frame.sort_values(["Name", "Date"], kind="stable").reset_index(drop=True)
+
+
+def _stock_noise(n: int, n_days: int, seed: int) -> np.ndarray:
+    """(stock, day, 7) draws; stock i's stream depends on neither n nor later days."""
+    out = np.empty((n, n_days, 7))
+    for i in range(n):
+        rng = np.random.default_rng([seed, 2_000_003, i])
+        draws = rng.random((n_days, 7))
+        out[i, :, :5] = _normal_from_uniform(draws[:, :5])
+        out[i, :, 5:] = draws[:, 5:]
+    return out
+
+
+def _normal_from_uniform(u: np.ndarray) -> np.ndarray:
+    from scipy.special import ndtri
+    return ndtri(np.clip(u, 1e-12, 1 - 1e-12))
 
 
 def _stock_params(n: int, seed: int) -> dict[str, np.ndarray]:
