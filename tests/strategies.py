@@ -51,3 +51,22 @@ def to_yahoo(bars: pd.DataFrame) -> pd.DataFrame:
         "Close": bars["close"] / f, "Volume": bars["volume"] * f, "Adj Close": bars["close"],
         "Name": bars["instrument"],
     })
+
+
+def feature_frame(n_instruments: int = 30, n_days: int = 160, n_features: int = 8,
+                  seed: int = 0, signal: float = 0.4) -> pd.DataFrame:
+    """Features-table-like rows (instrument, date, f0.., LABEL0) with a planted signal
+    in f0 and f1, plus NaN and inf as raw Alpha158 has them."""
+    rng = np.random.default_rng(seed)
+    dates = pd.bdate_range("2019-01-01", periods=n_days)
+    idx = pd.MultiIndex.from_product([[f"S{i:03d}" for i in range(n_instruments)], dates],
+                                     names=["instrument", "date"])
+    x = rng.standard_normal((len(idx), n_features)).astype(np.float32)
+    label = signal * x[:, 0] - 0.5 * signal * x[:, 1] + rng.standard_normal(len(idx))
+    frame = pd.DataFrame(x, index=idx, columns=[f"f{i}" for i in range(n_features)]).reset_index()
+    frame["LABEL0"] = (label * 0.01).astype(np.float32)
+    frame.loc[rng.integers(0, len(frame), 20), "f2"] = np.nan
+    frame.loc[rng.integers(0, len(frame), 5), "f3"] = np.inf
+    frame["feature_set"] = "fs-test"
+    frame["data_version"] = 3
+    return frame

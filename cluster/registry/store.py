@@ -1,0 +1,319 @@
+"""The model registry on MLflow: lifecycle, lineage, integrity, compatibility, search.
+
+Each registered version is an MLflow model version backed by a run holding the
+artefacts (``model.pkl``, ``report.json``, ``config.json``), the metrics and
+the params. Our state lives in model-version tags:
+
+- ``mlops.state`` and one ``mlops.transition.NNNN`` tag per move (time, actor,
+  reason); the aliases ``production``/``staging`` follow the state;
+- ``lineage.*``: data version, feature set, training config hash, code version,
+  parent model, Tune experiment and trial;
+- ``sha256.<artefact>``: checked on every load, a changed byte is refused;
+- ``feature_set``: loading against another feature set is refused.
+
+SQLite under ``$MLOPS_HOME`` by default; any MLflow URI (e.g. PostgreSQL) by
+setting ``tracking_uri``.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import json
+import pickle
+import tempfile
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cluster.errors import MlopsError
+
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+from cluster.registry.lifecycle import STATES, Transition, make_transition
+
+EXPERIMENT = "mlops-models"
+ARTEFACTS = ("model.pkl", "report.json", "config.json")
+ALIASED_STATES = ("production", "staging")
+
+
+class RegistryError(MlopsError):
+    """A registry lookup failed (no such model or version)."""
+
+
+class IntegrityError(MlopsError):
+    """An artefact's bytes differ from the sha256 recorded at registration."""
+
+
+class CompatibilityError(MlopsError):
+    """The model was trained on another feature set than the one it is loaded for."""
+
+
+@dataclass
+class Lineage:
+    data_version: int
+    feature_set: str
+    config: dict = field(default_factory=dict)
+    code_version: str = ""
+    parent_model: str | None = None
+    tune_experiment: str | None = None
+    tune_trial_id: str | None = None
+    segments: dict | None = None
+    instruments: int | None = None
+    training_run: str | None = None
+
+    def to_tags(self) -> dict[str, str]:
+        tags = {"lineage.data_version": str(self.data_version),
+                "lineage.feature_set": self.feature_set,
+                "lineage.config_sha256": _sha256(_canonical_json(self.config)),
+                "lineage.code_version": self.code_version}
+        for key in ("parent_model", "tune_experiment", "tune_trial_id", "training_run"):
+            value = getattr(self, key)
+            if value:
+                tags[f"lineage.{key}"] = str(value)
+        if self.segments:
+            tags["lineage.segments"] = json.dumps(self.segments, default=str)
+        if self.instruments is not None:
+            tags["lineage.instruments"] = str(self.instruments)
+        return tags
+
+
+@dataclass
+class ModelVersionInfo:
+    name: str
+    version: str
+    state: str
+    run_id: str
+    feature_set: str | None
+    tags: dict[str, str]
+    metrics: dict[str, float]
+
+    @property
+    def model_id(self) -> str:
+        return f"{self.name}/{self.version}"
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"model_id": self.model_id}
+
+
+_lock = threading.Lock()
+
+
+class ModelRegistry:
+    def __init__(self, tracking_uri: str | None = None, home: Path | None = None):
+        from cluster.config import get_settings
+        settings = get_settings()
+        self.home = Path(home or settings.home)
+        self.uri = tracking_uri or (f"sqlite:///{(self.home / 'mlflow.db').resolve()}"
+                                    if home else settings.registry_uri)
+        if self.uri.startswith("sqlite:///"):
+            Path(self.uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        from mlflow import MlflowClient
+        self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+        self._experiment_id: str | None = None
+
+    # -- registration ------------------------------------------------------
+    @property
+    def experiment_id(self) -> str:
+        if self._experiment_id is None:
+            exp = self.client.get_experiment_by_name(EXPERIMENT)
+            if exp is None:
+                artifacts = (self.home / "artifacts").resolve()
+                artifacts.mkdir(parents=True, exist_ok=True)
+                self._experiment_id = self.client.create_experiment(
+                    EXPERIMENT, artifact_location=artifacts.as_uri())
+            else:
+                self._experiment_id = exp.experiment_id
+        return self._experiment_id
+
+    def register(self, name: str, model: Any, *, lineage: Lineage, report: dict,
+                 config: dict, metrics: dict[str, float] | None = None,
+                 params: dict | None = None, state: str = "trained", actor: str = "train",
+                 reason: str = "registered", tags: dict[str, str] | None = None
+                 ) -> ModelVersionInfo:
+        """Store the artefacts, record hashes and lineage, create the version in ``state``."""
+        transition = make_transition(None, state, actor, reason)
+        run = self.client.create_run(self.experiment_id, run_name=f"{name}-register",
+                                     tags={"mlops.model_name": name})
+        run_id = run.info.run_id
+        hashes = {}
+        with tempfile.TemporaryDirectory() as tmp:
+            blobs = {"model.pkl": pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL),
+                     "report.json": json.dumps(report, indent=2, default=str).encode(),
+                     "config.json": _canonical_json(config).encode()}
+            for fname, blob in blobs.items():
+                path = Path(tmp) / fname
+                path.write_bytes(blob)
+                hashes[fname] = _sha256(blob)
+                self.client.log_artifact(run_id, str(path))
+        for key, value in (metrics or {}).items():
+            if value is not None and value == value:  # skip NaN
+                self.client.log_metric(run_id, key, float(value))
+        for key, value in (params or {}).items():
+            self.client.log_param(run_id, key, str(value)[:6000])
+        self.client.set_terminated(run_id)
+        version_tags = {
+            **lineage.to_tags(), **(tags or {}),
+            "feature_set": lineage.feature_set,
+            "mlops.state": state,
+            "mlops.transition.0001": json.dumps(transition.to_dict()),
+            **{f"sha256.{k}": v for k, v in hashes.items()},
+        }
+        with _lock:
+            try:
+                self.client.get_registered_model(name)
+            except Exception:
+                self.client.create_registered_model(name, tags={"mlops.kind": "stock-model"})
+            mv = self.client.create_model_version(name, source=f"runs:/{run_id}/model.pkl",
+                                                  run_id=run_id, tags=version_tags)
+        return self.get(name, mv.version)
+
+    # -- lifecycle ---------------------------------------------------------
+    def state(self, name: str, version: str | int) -> str:
+        return self._mv(name, version).tags.get("mlops.state", "trained")
+
+    def history(self, name: str, version: str | int) -> list[Transition]:
+        tags = self._mv(name, version).tags
+        keys = sorted(k for k in tags if k.startswith("mlops.transition."))
+        return [Transition.from_dict(json.loads(tags[k])) for k in keys]
+
+    def transition(self, name: str, version: str | int, to_state: str, actor: str,
+                   reason: str = "") -> Transition:
+        """Move a version to ``to_state`` if the state machine allows it (else raise)."""
+        with _lock:
+            mv = self._mv(name, version)
+            current = mv.tags.get("mlops.state")
+            t = make_transition(current, to_state, actor, reason)
+            n = 1 + sum(1 for k in mv.tags if k.startswith("mlops.transition."))
+            self.client.set_model_version_tag(name, str(version), f"mlops.transition.{n:04d}",
+                                              json.dumps(t.to_dict()))
+            self.client.set_model_version_tag(name, str(version), "mlops.state", to_state)
+            if to_state in ALIASED_STATES:
+                self.client.set_registered_model_alias(name, to_state, str(version))
+            if current in ALIASED_STATES and current != to_state:
+                try:
+                    alias_version = self.client.get_model_version_by_alias(name, current).version
+                    if str(alias_version) == str(version):
+                        self.client.delete_registered_model_alias(name, current)
+                except Exception:
+                    pass
+        return t
+
+    def by_state(self, name: str, state: str) -> list[ModelVersionInfo]:
+        return [v for v in self.versions(name) if v.state == state]
+
+    # -- reading -----------------------------------------------------------
+    def get(self, name: str, version: str | int) -> ModelVersionInfo:
+        mv = self._mv(name, version)
+        metrics = {}
+        if mv.run_id:
+            metrics = dict(self.client.get_run(mv.run_id).data.metrics)
+        return ModelVersionInfo(name, str(mv.version), mv.tags.get("mlops.state", "trained"),
+                                mv.run_id, mv.tags.get("feature_set"), dict(mv.tags), metrics)
+
+    def versions(self, name: str) -> list[ModelVersionInfo]:
+        found = self.client.search_model_versions(f"name = '{_q(name)}'")
+        return sorted((self.get(name, mv.version) for mv in found), key=lambda v: int(v.version))
+
+    def lineage(self, name: str, version: str | int) -> dict:
+        info = self.get(name, version)
+        lin = {k[len("lineage."):]: v for k, v in info.tags.items() if k.startswith("lineage.")}
+        if "segments" in lin:
+            lin["segments"] = json.loads(lin["segments"])
+        if "data_version" in lin:
+            lin["data_version"] = int(lin["data_version"])
+        lin["config"] = self.artefact_json(name, version, "config.json")
+        lin["model_id"] = info.model_id
+        return lin
+
+    def artefact_json(self, name: str, version: str | int, artefact: str) -> dict:
+        return json.loads(self._verified_bytes(name, version, artefact))
+
+    def verify(self, name: str, version: str | int) -> dict[str, str]:
+        """sha256 of every artefact, checked against registration; raises on a mismatch."""
+        return {a: _sha256(self._verified_bytes(name, version, a)) for a in ARTEFACTS}
+
+    def load(self, name: str, version: str | int, expected_feature_set: str | None = None):
+        """The model object, after integrity and (optionally) feature-set checks."""
+        info = self.get(name, version)
+        if expected_feature_set is not None and info.feature_set != expected_feature_set:
+            raise CompatibilityError(
+                f"model {info.model_id} was trained on feature set {info.feature_set!r}, "
+                f"not the current {expected_feature_set!r}; retrain it on the current features")
+        return pickle.loads(self._verified_bytes(name, version, "model.pkl"))
+
+    def search(self, name: str | None = None, state: str | None = None,
+               tags: dict[str, str] | None = None, metric: str | None = None,
+               min_value: float | None = None, descending: bool = True,
+               limit: int = 100) -> list[ModelVersionInfo]:
+        """Versions matching name, state and tags, optionally ranked by a run metric."""
+        clauses = []
+        if name:
+            clauses.append(f"name = '{_q(name)}'")
+        if state:
+            if state not in STATES:
+                raise RegistryError(f"unknown state {state!r}; states are {STATES}")
+            clauses.append(f"tags.`mlops.state` = '{state}'")
+        for key, value in (tags or {}).items():
+            clauses.append(f"tags.`{key}` = '{_q(value)}'")
+        found = self.client.search_model_versions(" and ".join(clauses) or None)
+        infos = [self.get(mv.name, mv.version) for mv in found]
+        if metric:
+            infos = [i for i in infos if metric in i.metrics
+                     and (min_value is None or i.metrics[metric] >= min_value)]
+            infos.sort(key=lambda i: i.metrics[metric], reverse=descending)
+        else:
+            infos.sort(key=lambda i: (i.name, int(i.version)))
+        return infos[:limit]
+
+    # -- internals ---------------------------------------------------------
+    def _mv(self, name: str, version: str | int):
+        try:
+            return self.client.get_model_version(name, str(version))
+        except Exception as exc:
+            raise RegistryError(f"no model version {name}/{version} in {self.uri}") from exc
+
+    def _verified_bytes(self, name: str, version: str | int, artefact: str) -> bytes:
+        mv = self._mv(name, version)
+        expected = mv.tags.get(f"sha256.{artefact}")
+        if expected is None:
+            raise IntegrityError(f"{name}/{version} has no recorded sha256 for {artefact}")
+        with tempfile.TemporaryDirectory() as tmp:
+            local = self.client.download_artifacts(mv.run_id, artefact, tmp)
+            blob = Path(local).read_bytes()
+        actual = _sha256(blob)
+        if actual != expected:
+            raise IntegrityError(f"{name}/{version}: {artefact} sha256 {actual[:16]}... does not "
+                                 f"match the recorded {expected[:16]}...; refusing to load it")
+        return blob
+
+
+def _sha256(blob: bytes | str) -> str:
+    return hashlib.sha256(blob.encode() if isinstance(blob, str) else blob).hexdigest()
+
+
+def _canonical_json(obj) -> str:
+    return json.dumps(obj, sort_keys=True, default=str)
+
+
+def _q(text: str) -> str:
+    return str(text).replace("'", "''")
+
+
+def code_version() -> str:
+    """A content hash of this project's Python sources (and the git commit if known)."""
+    root = Path(__file__).resolve().parents[2]
+    h = hashlib.sha256()
+    for pkg in ("cluster", "jobs", "tuning", "serving"):
+        for path in sorted((root / pkg).rglob("*.py")):
+            h.update(str(path.relative_to(root)).encode())
+            h.update(path.read_bytes())
+    version = f"src-{h.hexdigest()[:12]}"
+    head = root / ".git" / "HEAD"
+    try:
+        ref = head.read_text().strip()
+        if ref.startswith("ref: "):
+            ref = (root / ".git" / ref[5:]).read_text().strip()
+        version += f"+git-{ref[:12]}"
+    except OSError:
+        pass
+    return version

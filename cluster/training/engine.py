@@ -1,0 +1,302 @@
+"""The training engine: one path for every model type, from ``jobs.train`` and Tune.
+
+Stages ``preparing -> configuring -> training -> evaluating -> completed | failed``;
+each transition and every epoch (or batch of boosting rounds) is published as a
+``training_progress`` event. A run stopped from outside ends ``failed`` with
+reason ``stopped``; a crash ends ``failed`` with the error. Every run leaves a
+training report (JSON) and, unless told not to, a registered model version
+with its lineage.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+import traceback
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+from qlib.data.dataset.handler import DataHandlerLP
+
+from cluster.config import Settings, get_settings
+from cluster.errors import MlopsError, TrainingStopped
+from cluster.events import EventBus, ModelRegistered, TrainingProgress, get_bus
+from cluster.features.qlib_bridge import build_dataset, default_segments
+from cluster.models.zoo import model_config, spec
+from cluster.training.metrics import evaluate
+from cluster.training.stop import StopFlag
+
+log = logging.getLogger(__name__)
+
+STAGE_PERCENT = {"preparing": 0.0, "configuring": 10.0, "training": 15.0, "evaluating": 85.0,
+                 "completed": 100.0, "failed": 100.0}
+
+
+@dataclass
+class TrainRequest:
+    model_type: str
+    params: dict = field(default_factory=dict)
+    segments: dict | None = None
+    feature_columns: list[str] | None = None  # default: the 158 Alpha158 features
+    register: bool = True
+    registry_name: str | None = None
+    topk: int | None = None
+    importance_max_dates: int = 60
+
+    @property
+    def name(self) -> str:
+        return self.registry_name or f"stock-{self.model_type}"
+
+
+@dataclass
+class TrainResult:
+    run_id: str
+    state: str
+    model: object | None
+    report: dict
+    report_path: Path
+    metrics: dict
+    registry_name: str | None = None
+    version: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class FeatureData:
+    """What a run trains on: feature rows and where they came from."""
+    frame: pd.DataFrame
+    data_version: int
+    feature_set: str
+    features_version: int | None = None
+
+
+class TrainingEngine:
+    def __init__(self, settings: Settings | None = None, bus: EventBus | None = None,
+                 persist_events: bool = True):
+        self.settings = settings or get_settings()
+        self.bus = bus if bus is not None else get_bus(self.settings.lake_dir)
+        self.persist_events = persist_events
+
+    # -- public ------------------------------------------------------------
+    def run(self, request: TrainRequest, data: FeatureData | None = None, *,
+            run_id: str | None = None, stop_event=None,
+            epoch_callback: Callable[[dict], None] | None = None,
+            lineage_extra: dict | None = None, raise_on_error: bool = False) -> TrainResult:
+        run_id = run_id or uuid.uuid4().hex[:12]
+        started = time.time()
+        report = {"run_id": run_id, "model_type": request.model_type,
+                  "model_name": request.name, "status": "running", "stage": "preparing",
+                  "started_at": pd.Timestamp.now(tz="UTC").isoformat(), "history": []}
+        runs_dir = self.settings.home / "runs"
+        flag = stop_event if stop_event is not None else StopFlag(run_id, runs_dir)
+        model = None
+        result_metrics: dict = {}
+        try:
+            with flag if isinstance(flag, StopFlag) else _nullcontext():
+                self._stage(report, "preparing")
+                data = data or load_features(self.settings)
+                cols = request.feature_columns or _default_feature_columns(data.frame)
+                segments = request.segments or default_segments(data.frame["date"])
+                dataset = build_dataset(data.frame, segments, feature_columns=cols,
+                                        horizon=self.settings.qlib.label_horizon)
+                report["data"] = _data_info(data, dataset, cols)
+                self._check_stop(flag)
+
+                self._stage(report, "configuring")
+                config = model_config(request.model_type, request.params)
+                report["hyper_parameters"] = config["kwargs"]
+                report["model_config"] = config
+                from qlib.utils import init_instance_by_config
+                model = init_instance_by_config(config)
+
+                self._stage(report, "training")
+                on_epoch = self._epoch_reporter(report, epoch_callback)
+                model.fit(dataset, reporter=on_epoch, stop_event=flag)
+                report["total_epochs"] = len(getattr(model, "history", []) or report["history"])
+                report["best_epoch"] = int(getattr(model, "best_epoch", 0) or 0)
+                if getattr(model, "history", None):
+                    report["history"] = _clean(model.history)
+
+                self._stage(report, "evaluating")
+                result_metrics = self._evaluate(model, dataset, request.topk)
+                report["metrics"] = result_metrics
+                report["feature_importance"] = _importance(
+                    model, dataset, request.importance_max_dates)
+                report["duration_seconds"] = round(time.time() - started, 3)
+                report["status"] = "completed"
+                self._stage(report, "completed")
+        except TrainingStopped as exc:
+            self._fail(report, "stopped", str(exc), started)
+        except Exception as exc:  # a crash: the report keeps the error
+            self._fail(report, "error", f"{type(exc).__name__}: {exc}", started,
+                       traceback.format_exc())
+            if raise_on_error:
+                self._write_report(report)
+                raise
+        path = self._write_report(report)
+        result = TrainResult(run_id, report["status"], model, report, path, result_metrics,
+                             error=report.get("error", {}).get("message"))
+        if report["status"] == "completed" and request.register:
+            info = self._register(request, model, report, data, lineage_extra)
+            result.registry_name, result.version = info.name, info.version
+            report["registry"] = {"name": info.name, "version": info.version,
+                                  "state": info.state}
+            self._write_report(report)
+        return result
+
+    # -- stages ------------------------------------------------------------
+    def _stage(self, report: dict, stage: str, message: str = "") -> None:
+        report["stage"] = stage
+        report.setdefault("stages", []).append(
+            {"stage": stage, "time": pd.Timestamp.now(tz="UTC").isoformat()})
+        self._publish(report, stage, STAGE_PERCENT[stage], message=message)
+        log.info("run %s (%s): %s %s", report["run_id"], report["model_type"], stage, message)
+
+    def _publish(self, report: dict, stage: str, percent: float, **fields) -> None:
+        event = TrainingProgress(run_id=report["run_id"], model=report["model_type"],
+                                 stage=stage, percent=round(percent, 2), **fields)
+        self.bus.publish(event, persist=self.persist_events)
+
+    def _epoch_reporter(self, report: dict, extra: Callable | None):
+        def on_epoch(row: dict) -> None:
+            row = _clean([row])[0]
+            report["history"].append(row)
+            n = max(int(row.get("n_epochs") or 1), 1)
+            pct = 15.0 + 70.0 * min(int(row.get("epoch") or 0) / n, 1.0)
+            self._publish(report, "training", pct, epoch=row.get("epoch"), n_epochs=n,
+                          train_loss=row.get("train_loss"), valid_loss=row.get("valid_loss"),
+                          valid_ic=row.get("valid_ic"))
+            if extra is not None:
+                extra(row)
+        return on_epoch
+
+    def _check_stop(self, flag) -> None:
+        if flag is not None and flag.is_set():
+            raise TrainingStopped("stopped before training")
+
+    def _fail(self, report: dict, reason: str, message: str, started: float,
+              tb: str | None = None) -> None:
+        report["status"] = "failed"
+        report["error"] = {"reason": reason, "message": message, "stage": report["stage"]}
+        if tb:
+            report["error"]["traceback"] = tb
+        report["duration_seconds"] = round(time.time() - started, 3)
+        self._stage(report, "failed", message=f"{reason}: {message}")
+
+    def _evaluate(self, model, dataset, topk) -> dict:
+        out = {}
+        for segment in dataset.segments:
+            pred = model.predict(dataset, segment=segment)
+            learn = dataset.prepare(segment, col_set="label", data_key=DataHandlerLP.DK_L)
+            raw = dataset.prepare(segment, col_set="label", data_key=DataHandlerLP.DK_I)
+            out[segment] = _clean([evaluate(pred, learn.iloc[:, 0], raw.iloc[:, 0], topk)])[0]
+        return out
+
+    def _write_report(self, report: dict) -> Path:
+        path = self.settings.home / "reports" / f"{report['run_id']}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2, default=str))
+        return path
+
+    def _register(self, request, model, report, data: FeatureData, extra: dict | None):
+        from cluster.registry.store import Lineage, ModelRegistry, code_version
+        extra = dict(extra or {})
+        lineage = Lineage(data_version=data.data_version, feature_set=data.feature_set,
+                          config=report["model_config"], code_version=code_version(),
+                          segments=report["data"]["segments"],
+                          instruments=report["data"]["instruments"],
+                          training_run=report["run_id"], **extra)
+        flat = {f"{seg}_{k}": v for seg, m in report["metrics"].items() for k, v in m.items()
+                if isinstance(v, (int, float))}
+        registry = ModelRegistry(home=self.settings.home,
+                                 tracking_uri=self.settings.tracking_uri)
+        info = registry.register(request.name, model, lineage=lineage, report=report,
+                                 config=report["model_config"], metrics=flat,
+                                 params=report["hyper_parameters"],
+                                 tags={"model_type": request.model_type,
+                                       "feature_columns": str(len(report["data"]["features"]))})
+        self.bus.publish(ModelRegistered(name=info.name, version=info.version,
+                                         data_version=data.data_version,
+                                         feature_set=data.feature_set),
+                         persist=self.persist_events)
+        return info
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+
+def load_features(settings: Settings) -> FeatureData:
+    """The current features table with the data version and feature set it holds."""
+    from cluster.lake.features import FeaturesTable
+    table = FeaturesTable(settings.lake_dir)
+    if not table.exists():
+        raise MlopsError("no features yet: run `python -m jobs.features` first")
+    frame = table.read()
+    meta = table.last_meta()
+    return FeatureData(frame, int(frame["data_version"].max()),
+                       str(frame["feature_set"].iloc[0]) if len(frame) else meta.get(
+                           "feature_set", ""), table.version())
+
+
+def _default_feature_columns(frame: pd.DataFrame) -> list[str]:
+    from cluster.features.alpha158 import ALPHA158_NAMES
+    missing = [c for c in ALPHA158_NAMES if c not in frame]
+    if missing:
+        raise MlopsError(f"features lack Alpha158 columns, e.g. {missing[:3]}; "
+                         "recompute them with `python -m jobs.features`")
+    return list(ALPHA158_NAMES)
+
+
+def _data_info(data: FeatureData, dataset, cols: list[str]) -> dict:
+    rows = {}
+    for seg in dataset.segments:
+        rows[seg] = int(len(dataset.prepare(seg, col_set="label", data_key=DataHandlerLP.DK_L)))
+    return {"data_version": data.data_version, "feature_set": data.feature_set,
+            "features_version": data.features_version,
+            "segments": {k: [str(pd.Timestamp(s).date()), str(pd.Timestamp(e).date())]
+                         for k, (s, e) in dataset.segments.items()},
+            "rows": rows, "instruments": int(data.frame["instrument"].nunique()),
+            "features": cols}
+
+
+def _importance(model, dataset, max_dates: int) -> dict[str, float]:
+    if hasattr(model, "feature_importance"):
+        imp = model.feature_importance()
+    elif hasattr(model, "permutation_importance"):
+        frame = dataset.prepare("valid", col_set=["feature", "label"],
+                                data_key=DataHandlerLP.DK_L)
+        dates = frame.index.get_level_values("datetime").unique().sort_values()[-max_dates:]
+        frame = frame[frame.index.get_level_values("datetime").isin(dates)]
+        imp = model.permutation_importance(frame["feature"], frame["label"].iloc[:, 0])
+    else:
+        return {}
+    imp = imp.replace([np.inf, -np.inf], np.nan).dropna()
+    return {str(k): float(v) for k, v in imp.head(50).items()}
+
+
+def _clean(rows: list[dict]) -> list[dict]:
+    """JSON-safe numbers (NaN -> None)."""
+    out = []
+    for row in rows:
+        clean = {}
+        for k, v in row.items():
+            if isinstance(v, (np.floating, float)):
+                v = None if not np.isfinite(v) else float(v)
+            elif isinstance(v, np.integer):
+                v = int(v)
+            clean[k] = v
+        out.append(clean)
+    return out
+
+
+def model_family(model_type: str) -> str:
+    return spec(model_type).family
