@@ -63,22 +63,28 @@ class BarsTable:
     def changes(self, after: int, upto: int | None = None) -> pd.DataFrame | None:
         """Rows inserted or restated in versions ``after+1 .. upto`` (change data feed).
 
-        Columns: the bar columns plus ``change`` ("insert" or "update"). ``None`` when
+        Columns: the bar columns, ``change`` ("insert" or "update") and ``version`` (the
+        commit that last changed the row). ``None`` when
         the table keeps no change feed (then callers recompute from snapshots).
         """
         dt = tables.open_table(self.path, upto)
         if dt.metadata().configuration.get("delta.enableChangeDataFeed") != "true":
             return None
         if after >= dt.version():
-            return pd.DataFrame(columns=BAR_COLUMNS + ["change"])
+            return pd.DataFrame(columns=BAR_COLUMNS + ["change", "version"])
         feed = pa.table(dt.load_cdf(starting_version=after + 1, ending_version=dt.version()))
         frame = tables.to_frame(feed)
         kinds = frame["_change_type"]
         frame = frame[kinds.isin(["insert", "update_postimage"])].copy()
         frame["change"] = np.where(frame["_change_type"] == "insert", "insert", "update")
-        # The same key may change in several versions: keep its latest image.
-        frame = frame.sort_values("_commit_version").drop_duplicates(KEY, keep="last")
-        return frame[BAR_COLUMNS + ["change"]].sort_values(KEY).reset_index(drop=True)
+        frame["version"] = frame["_commit_version"].astype("int64")
+        # The same key may change in several versions: keep its latest image, and call
+        # it an update if any of its changes was one.
+        updated = frame.loc[frame["change"] == "update", KEY].drop_duplicates()
+        frame = frame.sort_values("version").drop_duplicates(KEY, keep="last")
+        frame = frame.merge(updated.assign(_upd=True), on=KEY, how="left")
+        frame.loc[frame["_upd"].eq(True), "change"] = "update"
+        return frame[BAR_COLUMNS + ["change", "version"]].sort_values(KEY).reset_index(drop=True)
 
     def instruments(self, version: int | None = None) -> list[str]:
         dt = tables.open_table(self.path, version)

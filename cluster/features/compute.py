@@ -1,0 +1,116 @@
+"""Feature computation for whole instruments: a full history, or only new days.
+
+Alpha158 runs on each instrument's bars reindexed onto the trading calendar (NaN
+rows where it has no bar, as Qlib stores them); the indicators run on its real
+bars and are joined back. ``compute_full`` also returns what the factor cache
+keeps; ``compute_append`` continues from that cache and gives, for the rows it
+emits, the same values a full recompute would.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from cluster.features import alpha158, indicators
+from cluster.features.featureset import FeatureSet
+from cluster.schema import VALUE_COLUMNS
+
+KEY = ["instrument", "date"]
+
+
+def tail_length() -> int:
+    """Rows the cache keeps per instrument: the look-back of the rows it may re-emit
+    (the last LOOKAHEAD rows, whose label the next days complete) plus those rows."""
+    return alpha158.LOOKBACK + alpha158.LOOKAHEAD
+
+
+@dataclass
+class Computed:
+    features: pd.DataFrame  # instrument, date, feature columns, feature_set, data_version
+    tail: pd.DataFrame      # instrument, date, bar columns, indicator columns
+    states: dict[str, dict]
+    meta: pd.DataFrame      # index instrument: data_version, first_date, last_date, rows
+
+
+def compute_full(bars: pd.DataFrame, calendar: pd.DatetimeIndex, fs: FeatureSet,
+                 data_version: int) -> Computed:
+    """Every row of the given whole instruments (``bars`` sorted by instrument, date)."""
+    bars = bars.sort_values(KEY, kind="stable").reset_index(drop=True)
+    grid = alpha158.reindex_to_calendar(bars, calendar)
+    alpha = alpha158.compute_alpha158(grid)
+    ind, states = indicators.compute_indicators_with_state(bars, fs.params)
+    features = _assemble(alpha, ind, fs, data_version)
+    tail = _tail(grid, ind, fs)
+    meta = _meta(grid, data_version)
+    return Computed(features, tail, states, meta)
+
+
+def compute_append(new_bars: pd.DataFrame, tail: pd.DataFrame, states: dict[str, dict],
+                   calendar: pd.DatetimeIndex, fs: FeatureSet, data_version: int,
+                   meta: pd.DataFrame) -> Computed:
+    """New days of instruments whose cached history is unchanged.
+
+    ``new_bars``: only bars dated after each instrument's cached last date.
+    Emits the new rows plus the last LOOKAHEAD cached rows (their label now has
+    the closes it needs); reads no bars history: the look-back is ``tail``.
+    """
+    new_bars = new_bars.sort_values(KEY, kind="stable").reset_index(drop=True)
+    names = list(dict.fromkeys(new_bars["instrument"]))
+    old = tail[tail["instrument"].isin(names)]
+    last = old.groupby("instrument")["date"].max()
+    ends = new_bars.groupby("instrument")["date"].max()
+    # calendar rows after each instrument's cached last date, up to its new last date
+    grid_new = alpha158.reindex_to_calendar(
+        pd.concat([old.groupby("instrument").tail(1)[["instrument", "date", *VALUE_COLUMNS]],
+                   new_bars[["instrument", "date", *VALUE_COLUMNS]]]), calendar)
+    grid_new = grid_new[grid_new["date"] > grid_new["instrument"].map(last)]
+    series = pd.concat([old[["instrument", "date", *VALUE_COLUMNS]], grid_new])
+    series = series.sort_values(KEY, kind="stable").reset_index(drop=True)
+    # emit: the new rows and the LOOKAHEAD cached rows before them (whose label the
+    # new closes complete); the tail holds the LOOKBACK rows their windows need
+    keep_old = old.groupby("instrument").tail(alpha158.LOOKAHEAD)[KEY]
+    emit = (keep_old.groupby("instrument").size()
+            .add(grid_new.groupby("instrument").size(), fill_value=0).astype(int))
+    alpha = alpha158.compute_alpha158_tail(series, emit.to_dict())
+    picked = {i: states[i] for i in names}
+    ind_new, new_states = indicators.update_indicators(picked, new_bars, fs.params)
+    ind_cols = fs.indicator_columns
+    ind_old = old.merge(keep_old, on=KEY, how="inner")[KEY + ind_cols]
+    ind = pd.concat([ind_old, ind_new[KEY + ind_cols]], ignore_index=True)
+    features = _assemble(alpha, ind, fs, data_version)
+    full_ind = pd.concat([old[KEY + ind_cols], ind_new[KEY + ind_cols]], ignore_index=True)
+    new_tail = _tail(series, full_ind, fs)
+    added = grid_new.groupby("instrument").size()
+    new_meta = meta.loc[names].copy()
+    new_meta["data_version"] = data_version
+    new_meta["last_date"] = ends.reindex(names).to_numpy()
+    new_meta["rows"] = new_meta["rows"] + added.reindex(names).fillna(0).astype(int).to_numpy()
+    return Computed(features, new_tail, {**new_states}, new_meta)
+
+
+def _assemble(alpha: pd.DataFrame, ind: pd.DataFrame, fs: FeatureSet,
+              data_version: int) -> pd.DataFrame:
+    frame = alpha.merge(ind[KEY + fs.indicator_columns], on=KEY, how="left")
+    out = pd.concat([
+        frame[KEY],
+        frame[fs.alpha_columns + [fs.label]].astype(np.float32),
+        frame[fs.indicator_columns].astype(np.float64),
+    ], axis=1)
+    out = out.assign(feature_set=fs.id, data_version=np.int64(data_version))
+    return out.sort_values(KEY, kind="stable").reset_index(drop=True)
+
+
+def _tail(grid: pd.DataFrame, ind: pd.DataFrame, fs: FeatureSet) -> pd.DataFrame:
+    last = grid.groupby("instrument", sort=False).tail(tail_length())
+    out = last[KEY + VALUE_COLUMNS].merge(ind[KEY + fs.indicator_columns], on=KEY, how="left")
+    return out.sort_values(KEY, kind="stable").reset_index(drop=True)
+
+
+def _meta(grid: pd.DataFrame, data_version: int) -> pd.DataFrame:
+    g = grid.groupby("instrument", sort=True)["date"]
+    meta = pd.DataFrame({"first_date": g.min(), "last_date": g.max(), "rows": g.size()})
+    meta["data_version"] = np.int64(data_version)
+    meta.index.name = "instrument"
+    return meta

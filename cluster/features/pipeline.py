@@ -1,0 +1,310 @@
+"""The feature pipeline: bars (lake) -> indicators + Alpha158 + label -> features (lake).
+
+Full runs fan out on Ray Data, one block per group of whole instruments read
+straight from the bars table's files (no shuffle; ``map_batches`` over whole-
+instrument blocks), and stream the result into one Delta commit. Incremental
+runs read the bars' change feed since the cache's data version and compute only
+what changed: new days from the cached look-back, restated or new instruments in
+full. Small jobs run in process: scheduling tasks would cost more than the work.
+"""
+from __future__ import annotations
+
+import logging
+import pickle
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from cluster.config import Settings, get_settings
+from cluster.errors import MlopsError
+from cluster.events import EventBus, FeaturesUpdated, get_bus
+from cluster.features import alpha158
+from cluster.features.cache import CacheSnapshot, FeatureCache
+from cluster.features.compute import Computed, compute_append, compute_full
+from cluster.features.featureset import FeatureSet, current_feature_set
+from cluster.lake import tables
+from cluster.lake.bars import BarsTable
+from cluster.lake.features import FeaturesTable
+from cluster.schema import BAR_COLUMNS
+
+log = logging.getLogger(__name__)
+Progress = Callable[[float, str], None]
+
+
+@dataclass
+class Plan:
+    """What a run computes: instruments in full, instruments from their tail."""
+    full: list[str] = field(default_factory=list)
+    append: pd.DataFrame | None = None  # new bars of append-only instruments
+    overwrite: bool = False             # replace the whole table (a full run over all)
+
+
+class FeaturePipeline:
+    def __init__(self, settings: Settings | None = None, bus: EventBus | None = None):
+        self.settings = settings or get_settings()
+        self.lake = self.settings.lake_dir
+        self.bars = BarsTable(self.lake)
+        self.features = FeaturesTable(self.lake)
+        self.cache = FeatureCache(self.lake)
+        self.bus = bus if bus is not None else get_bus(self.lake)
+        self.fs: FeatureSet = current_feature_set(self.settings.feature_pipeline.indicators)
+
+    # -- entry point -------------------------------------------------------
+    def run(self, incremental: bool = True, instruments: list[str] | None = None,
+            progress: Progress | None = None, use_ray: bool | None = None) -> dict:
+        started = time.perf_counter()
+        progress = progress or (lambda pct, msg: None)
+        if not self.bars.exists():
+            raise MlopsError("no bars yet: run `python -m jobs.ingest` first")
+        version = self.bars.version()
+        progress(0.0, "planning")
+        snap = self.cache.load(self.fs.id) if self.features.exists() else None
+        plan, snap = self._plan(snap, version, incremental, instruments)
+        computed_rows = 0
+        if plan.full or plan.append is not None:
+            computed_rows = self._execute(plan, snap, version, progress, use_ray)
+        features_version = self.features.version()
+        selected = snap.meta if instruments is None else snap.meta.loc[
+            [i for i in instruments if i in snap.meta.index]]
+        total_rows = int(selected["rows"].sum())
+        summary = {
+            "feature_set": self.fs.id, "data_version": version,
+            "features_version": features_version,
+            "instruments": int(len(selected)), "rows": total_rows,
+            "computed_rows": int(computed_rows),
+            "cached_rows": int(max(total_rows - computed_rows, 0)),
+            "mode": "full" if plan.overwrite or (plan.full and plan.append is None
+                                                  and not incremental) else "incremental",
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+        if computed_rows:
+            changed = sorted(set(plan.full) | (set(plan.append["instrument"])
+                                               if plan.append is not None else set()))
+            self.bus.publish(FeaturesUpdated(feature_set=self.fs.id, data_version=version,
+                                             features_version=features_version,
+                                             instruments=changed, rows=int(computed_rows)))
+        progress(100.0, "done")
+        return summary
+
+    # -- planning ----------------------------------------------------------
+    def _plan(self, snap: CacheSnapshot | None, version: int, incremental: bool,
+              only: list[str] | None) -> tuple[Plan, CacheSnapshot]:
+        all_instruments = self.bars.instruments(version)
+        wanted = all_instruments if only is None else [i for i in only if i in all_instruments]
+        unknown = sorted(set(only or []) - set(all_instruments))
+        if unknown:
+            raise MlopsError(f"instrument(s) not in the bars table: {unknown[:10]}")
+        if snap is None or not incremental:
+            calendar = self._calendar(version)
+            base = snap if (snap is not None and only is not None) else _empty_snapshot(
+                self.fs.id, version, calendar)
+            base.calendar = calendar
+            return Plan(full=wanted, overwrite=only is None), base
+        stale = snap.meta.index[snap.meta["data_version"] < version]
+        missing = [i for i in wanted if i not in snap.meta.index]
+        lowest = int(snap.meta.loc[stale, "data_version"].min()) if len(stale) else version
+        changes = self.bars.changes(after=lowest, upto=version) if len(stale) else \
+            pd.DataFrame(columns=BAR_COLUMNS + ["change", "version"])
+        if changes is None:  # no change feed on this table: recompute what we must
+            snap.calendar = self._calendar(version)
+            return Plan(full=wanted), snap
+        changes = changes[changes["instrument"].isin(wanted)]
+        inst_version = changes["instrument"].map(snap.meta["data_version"])
+        changes = changes[inst_version.isna() | (changes["version"] > inst_version)]
+        calendar = snap.calendar.union(pd.DatetimeIndex(changes["date"].unique()))
+        last = changes["instrument"].map(snap.meta["last_date"])
+        backfill = changes["change"].eq("update") | ~(changes["date"] > last)
+        full = set(missing) | set(changes.loc[backfill, "instrument"])
+        # a calendar day new to the lake inside an instrument's cached range adds a NaN
+        # row to it: its windows shift, so it is recomputed in full
+        fresh_days = calendar.difference(snap.calendar)
+        if len(fresh_days) and len(snap.meta):
+            inside = snap.meta[(snap.meta["first_date"] <= fresh_days.max())
+                               & (snap.meta["last_date"] >= fresh_days.min())].index
+            for inst in inside:
+                span = fresh_days[(fresh_days >= snap.meta.at[inst, "first_date"])
+                                  & (fresh_days <= snap.meta.at[inst, "last_date"])]
+                if len(span):
+                    full.add(inst)
+        append = changes[~changes["instrument"].isin(full)][BAR_COLUMNS]
+        snap.calendar = calendar
+        # instruments with no change still move to the new data version
+        untouched = [i for i in wanted if i in snap.meta.index and i not in full
+                     and i not in set(append["instrument"])]
+        snap.meta.loc[untouched, "data_version"] = version
+        return Plan(full=sorted(full), append=append if len(append) else None), snap
+
+    def _calendar(self, version: int) -> pd.DatetimeIndex:
+        dates = self.bars.read(version, columns=["date"])["date"]
+        return pd.DatetimeIndex(np.unique(dates.to_numpy()))
+
+    # -- execution ---------------------------------------------------------
+    def _execute(self, plan: Plan, snap: CacheSnapshot, version: int, progress: Progress,
+                 use_ray: bool | None) -> int:
+        rows = 0
+        parts: list[Computed] = []
+        if plan.append is not None:
+            progress(10.0, f"updating {plan.append['instrument'].nunique()} instrument(s)")
+            parts.append(compute_append(plan.append, snap.tail, snap.states, snap.calendar,
+                                        self.fs, version, snap.meta))
+        if plan.full and plan.overwrite:
+            rows += self._full_overwrite(plan.full, snap, version, progress, use_ray)
+        elif plan.full:
+            progress(30.0, f"recomputing {len(plan.full)} instrument(s)")
+            bars = self.bars.read(version, instruments=plan.full)
+            parts.append(compute_full(bars, snap.calendar, self.fs, version))
+        if parts:
+            frame = pd.concat([p.features for p in parts], ignore_index=True)
+            table = tables.to_arrow(frame, self.fs.schema)
+            self.features.append(table, self._meta(version, "incremental", len(frame)))
+            rows += len(frame)
+            _merge_into(snap, *parts)
+        snap.data_version = version
+        progress(95.0, "saving factor cache")
+        self.cache.save(snap)
+        return rows
+
+    def _full_overwrite(self, instruments: list[str], snap: CacheSnapshot, version: int,
+                        progress: Progress, use_ray: bool | None) -> int:
+        files = self._files_by_instrument(version)
+        groups = _chunks(instruments, self.settings.feature_pipeline.instruments_per_block)
+        work = len(instruments) * len(snap.calendar)  # rows to compute, at most
+        ray_path = use_ray if use_ray is not None else (
+            work > self.settings.feature_pipeline.local_threshold_rows)
+        counter = {"rows": 0, "done": 0}
+        collected: list[Computed] = []
+
+        def batches():
+            source = _ray_blocks if ray_path else _local_blocks
+            for table in source(groups, files, snap.calendar, self.fs, version):
+                table, caches = split_cache(table)
+                collected.extend(caches)
+                counter["rows"] += table.num_rows
+                counter["done"] += len(caches)
+                progress(5.0 + 85.0 * counter["done"] / max(len(groups), 1),
+                         f"computed {counter['done']}/{len(groups)} block(s)")
+                yield from table.to_batches()
+
+        self.features.overwrite(batches(), self.fs.schema,
+                                self._meta(version, "full", None))
+        snap.meta = snap.meta.iloc[0:0]
+        snap.tail = snap.tail.iloc[0:0]
+        snap.states = {}
+        _merge_into(snap, *collected)
+        return counter["rows"]
+
+    def _files_by_instrument(self, version: int) -> dict[str, list[str]]:
+        dt = tables.open_table(self.bars.path, version)
+        actions = tables.add_actions(dt)
+        out: dict[str, list[str]] = {}
+        root = str(self.bars.path)
+        for path, inst in zip(actions.column("path").to_pylist(),
+                              actions.column("partition.instrument").to_pylist()):
+            out.setdefault(inst, []).append(f"{root}/{path}")
+        return out
+
+    def _meta(self, version: int, mode: str, rows: int | None) -> dict:
+        return {"kind": "features", "feature_set": self.fs.id, "data_version": version,
+                "mode": mode, "rows": rows}
+
+
+# -- block computation (runs in Ray Data tasks or in process) -------------------
+CACHE_COLUMN = "_cache"
+
+
+def compute_block(instruments: list[str], files: dict[str, list[str]],
+                  calendar: pd.DatetimeIndex, fs: FeatureSet, version: int) -> pa.Table:
+    """Read whole instruments' bars from their files and compute them. The block
+    carries the factor-cache part too: pickled in the first row of ``_cache``."""
+    bars = read_bar_files(instruments, files)
+    part = compute_full(bars, calendar, fs, version)
+    table = tables.to_arrow(part.features, fs.schema)
+    cache = pickle.dumps(Computed(part.features.iloc[0:0], part.tail, part.states, part.meta))
+    column = pa.array([cache] + [None] * (table.num_rows - 1), pa.binary())
+    return table.append_column(CACHE_COLUMN, column)
+
+
+def split_cache(table: pa.Table) -> tuple[pa.Table, list[Computed]]:
+    column = table.column(CACHE_COLUMN)
+    found = [pickle.loads(v) for v in column.drop_null().to_pylist()]
+    return table.drop_columns([CACHE_COLUMN]), found
+
+
+def read_bar_files(instruments: list[str], files: dict[str, list[str]]) -> pd.DataFrame:
+    import pyarrow.parquet as pq
+    parts = []
+    for inst in instruments:
+        for path in files.get(inst, []):
+            t = pq.read_table(path)
+            t = t.append_column("instrument", pa.array([inst] * t.num_rows, pa.string()))
+            parts.append(t)
+    frame = tables.to_frame(pa.concat_tables(parts, promote_options="default"))
+    return frame[BAR_COLUMNS].sort_values(["instrument", "date"]).reset_index(drop=True)
+
+
+def _local_blocks(groups, files, calendar, fs, version):
+    for group in groups:
+        yield compute_block(group, files, calendar, fs, version)
+
+
+def _ray_blocks(groups, files, calendar, fs, version):
+    """One Ray Data block per group of whole instruments; workers read the bars files
+    themselves (the lake is on storage every node sees)."""
+    import json
+
+    import ray
+
+    from cluster.ray_env import ensure_ray
+    ensure_ray()
+    items = [{"instruments": json.dumps(g), "files": json.dumps({i: files[i] for i in g})}
+             for g in groups]
+    calendar_ref = ray.put(calendar)
+
+    def compute(batch: dict) -> pa.Table:
+        cal = ray.get(calendar_ref)
+        return pa.concat_tables([
+            compute_block(json.loads(g), json.loads(f), cal, fs, version)
+            for g, f in zip(batch["instruments"], batch["files"])])
+
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    ds = ds.map_batches(compute, batch_size=1, batch_format="numpy")
+    yield from ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2)
+
+
+def _merge_into(snap: CacheSnapshot, *parts: Computed) -> None:
+    """Replace the cache entries of the parts' instruments with the parts' (one concat,
+    so a run of many blocks stays linear)."""
+    if not parts:
+        return
+    names = set().union(*(p.meta.index for p in parts))
+    metas = [m for m in [snap.meta[~snap.meta.index.isin(names)]] if len(m)]
+    snap.meta = pd.concat(metas + [p.meta for p in parts]).sort_index()
+    tails = [p.tail for p in parts]
+    if len(snap.tail) and "instrument" in snap.tail:
+        tails.insert(0, snap.tail[~snap.tail["instrument"].isin(names)])
+    snap.tail = pd.concat(tails, ignore_index=True).sort_values(
+        ["instrument", "date"], kind="stable").reset_index(drop=True)
+    for p in parts:
+        snap.states.update(p.states)
+
+
+def _empty_snapshot(feature_set: str, version: int, calendar) -> CacheSnapshot:
+    meta = pd.DataFrame({"first_date": pd.Series(dtype="datetime64[ns]"),
+                         "last_date": pd.Series(dtype="datetime64[ns]"),
+                         "rows": pd.Series(dtype="int64"),
+                         "data_version": pd.Series(dtype="int64")})
+    meta.index.name = "instrument"
+    return CacheSnapshot(feature_set, version, meta, {}, pd.DataFrame(), calendar)
+
+
+def _chunks(items: list, size: int) -> list[list]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def features_path(settings: Settings | None = None) -> Path:
+    return FeaturesTable((settings or get_settings()).lake_dir).path

@@ -1,0 +1,249 @@
+"""The feature pipeline: full runs, the factor cache, and Property 1 (an incremental
+run after any data sync equals a full recompute, and touches only what changed)."""
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cluster.config import load_settings
+from cluster.events import EventBus
+from cluster.features import alpha158
+from cluster.features.compute import compute_full
+from cluster.features.featureset import current_feature_set
+from cluster.features.pipeline import FeaturePipeline
+from cluster.lake.bars import BarsTable
+from cluster.lake.features import FeaturesTable
+from cluster.sources.adjust import yahoo_to_canonical
+from cluster.sources.synthetic import synthetic_market
+
+KEY = ["instrument", "date"]
+PRICES = ["open", "high", "low", "close", "vwap"]
+
+
+def market(n_stocks: int, n_days: int, seed: int) -> pd.DataFrame:
+    return yahoo_to_canonical(synthetic_market(n_stocks=n_stocks, n_days=n_days, seed=seed))
+
+
+def lake(path: Path):
+    settings = load_settings(home=path)
+    bus = EventBus(None)
+    return settings, BarsTable(settings.lake_dir), FeaturePipeline(settings, bus), bus
+
+
+def comparable(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.drop(columns=["data_version"]).sort_values(KEY).reset_index(drop=True)
+
+
+# -- Property 1 ------------------------------------------------------------------
+@st.composite
+def sync_scenarios(draw):
+    """A lake state before a sync, and the bars the sync brings: new days for some
+    instruments, a restated bar, an instrument that appears, holes in histories."""
+    n, days = draw(st.integers(2, 4)), draw(st.integers(70, 100))
+    truth = market(n, days, draw(st.integers(0, 10_000)))
+    names = sorted(truth["instrument"].unique())
+    dates = sorted(truth["date"].unique())
+    holes = draw(st.lists(st.tuples(st.sampled_from(names), st.integers(1, days - 2)),
+                          max_size=3))
+    for inst, i in holes:
+        truth = truth[~((truth["instrument"] == inst) & (truth["date"] == dates[i]))]
+    before_parts, after_parts = [], []
+    newcomer = draw(st.sampled_from(names)) if draw(st.booleans()) else None
+    for inst in names:
+        rows = truth[truth["instrument"] == inst]
+        start = dates[draw(st.integers(0, 5))]
+        i_before = draw(st.integers(days - 12, days - 2))
+        end_before = dates[i_before]
+        end_after = dates[draw(st.integers(i_before, days - 1))]
+        if inst != newcomer:
+            before_parts.append(rows[(rows["date"] >= start) & (rows["date"] <= end_before)])
+        after_parts.append(rows[(rows["date"] >= start) & (rows["date"] <= end_after)])
+    before = pd.concat(before_parts, ignore_index=True)
+    after = pd.concat(after_parts, ignore_index=True)
+    if draw(st.booleans()):  # a restated bar inside the cached range
+        i = draw(st.integers(0, len(before) - 1))
+        key = before.iloc[i][KEY]
+        factor = draw(st.floats(0.9, 1.1).filter(lambda f: abs(f - 1) > 1e-3))
+        hit = (after["instrument"] == key["instrument"]) & (after["date"] == key["date"])
+        after.loc[hit, PRICES] = after.loc[hit, PRICES] * factor
+    return before, after
+
+
+@given(scenario=sync_scenarios())
+def test_property1_incremental_equals_full_recompute(scenario):
+    before, after = scenario
+    with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
+        _, bars_a, pipe_a, _ = lake(Path(a))
+        bars_a.commit(before, "before")
+        pipe_a.run(incremental=False, use_ray=False)
+        v_before = FeaturesTable(pipe_a.lake).version()
+        old = FeaturesTable(pipe_a.lake).read()
+        bars_a.commit(after, "sync")
+        summary = pipe_a.run(incremental=True, use_ray=False)
+        incremental = FeaturesTable(pipe_a.lake).read()
+
+        _, bars_b, pipe_b, _ = lake(Path(b))
+        bars_b.commit(before, "before")
+        bars_b.commit(after, "sync")
+        pipe_b.run(incremental=False, use_ray=False)
+        full = FeaturesTable(pipe_b.lake).read()
+
+        pd.testing.assert_frame_equal(comparable(incremental), comparable(full),
+                                      check_exact=False, rtol=1e-5, atol=1e-7)
+        # exactly the synced range: rows written by the sync belong to instruments
+        # whose bars changed, and every row whose values changed was rewritten
+        changed_bars = after.merge(before, on=KEY, how="left", indicator=True,
+                                   suffixes=("", "_old"))
+        moved = changed_bars["_merge"].eq("left_only") | np.isclose(
+            changed_bars["close"], changed_bars["close_old"]).__invert__()
+        synced = set(changed_bars.loc[moved, "instrument"])
+        written = FeaturesTable(pipe_a.lake).read_arrow(dedupe=False).to_pandas()
+        written = written[written["data_version"] > 0]
+        assert set(written["instrument"]) <= synced
+        if not synced:
+            assert summary["computed_rows"] == 0
+            assert FeaturesTable(pipe_a.lake).version() == v_before
+        diff = comparable(full).merge(comparable(old), on=KEY + ["feature_set"],
+                                      how="left", suffixes=("", "_old"), indicator=True)
+        assert set(diff.loc[diff["_merge"] == "left_only", "instrument"]) <= synced
+
+
+def test_one_new_day_recomputes_only_that_day_and_the_label_rows(tmp_path):
+    bars = market(5, 120, seed=7)
+    last = bars["date"].max()
+    _, table, pipe, bus = lake(tmp_path)
+    seen = []
+    bus.subscribe("features_updated", seen.append)
+    table.commit(bars[bars["date"] < last], "history")
+    first = pipe.run(incremental=False, use_ray=False)
+    assert first["computed_rows"] == first["rows"] == 5 * 119
+    table.commit(bars, "one more day")
+    second = pipe.run(incremental=True, use_ray=False)
+    # the new row and the LOOKAHEAD rows whose label the new close completes
+    assert second["computed_rows"] == 5 * (1 + alpha158.LOOKAHEAD)
+    assert second["cached_rows"] == second["rows"] - second["computed_rows"]
+    assert seen and seen[-1].instruments == sorted(bars["instrument"].unique())
+    assert seen[-1].data_version == second["data_version"]
+
+
+def test_repeated_run_without_new_data_costs_nothing(tmp_path):
+    _, table, pipe, bus = lake(tmp_path)
+    table.commit(market(3, 90, seed=1), "bars")
+    pipe.run(incremental=False, use_ray=False)
+    version = FeaturesTable(pipe.lake).version()
+    again = pipe.run(incremental=True, use_ray=False)
+    assert again["computed_rows"] == 0 and again["cached_rows"] == again["rows"] > 0
+    assert FeaturesTable(pipe.lake).version() == version
+
+
+def test_full_run_matches_direct_computation_and_records_lineage(tmp_path):
+    bars = market(4, 90, seed=3)
+    _, table, pipe, _ = lake(tmp_path)
+    table.commit(bars, "bars")
+    summary = pipe.run(incremental=False, use_ray=False)
+    fs = current_feature_set()
+    assert summary["feature_set"] == fs.id and summary["data_version"] == 0
+    got = FeaturesTable(pipe.lake).read()
+    assert set(got["feature_set"]) == {fs.id} and set(got["data_version"]) == {0}
+    calendar = pd.DatetimeIndex(sorted(bars["date"].unique()))
+    want = compute_full(bars, calendar, fs, 0).features
+    pd.testing.assert_frame_equal(comparable(got), comparable(want), check_exact=False,
+                                  rtol=1e-6)
+    # the label is two days ahead: close(t+2)/close(t+1) - 1
+    one = bars[bars["instrument"] == bars["instrument"].iloc[0]].reset_index(drop=True)
+    row = got[got["instrument"] == one["instrument"].iloc[0]].reset_index(drop=True)
+    expect = one["close"].shift(-2) / one["close"].shift(-1) - 1
+    np.testing.assert_allclose(row["LABEL0"].to_numpy()[:-2], expect.to_numpy()[:-2],
+                               rtol=1e-4, atol=1e-6)
+    assert row["LABEL0"].iloc[-2:].isna().all()
+
+
+def test_changed_feature_parameters_make_a_new_feature_set(tmp_path):
+    base = load_settings(home=tmp_path)
+    other = load_settings(home=tmp_path, feature_pipeline={"indicators": {"rsi_window": 9}})
+    assert current_feature_set(base.feature_pipeline.indicators).id != \
+        current_feature_set(other.feature_pipeline.indicators).id
+
+
+def test_ray_data_path_equals_local_path(tmp_path, ray_session):
+    bars = market(6, 80, seed=11)
+    _, table, pipe, _ = lake(tmp_path / "ray")
+    table.commit(bars, "bars")
+    pipe.settings.feature_pipeline.instruments_per_block = 2  # several blocks
+    pipe.run(incremental=False, use_ray=True)
+    via_ray = FeaturesTable(pipe.lake).read()
+    _, table2, pipe2, _ = lake(tmp_path / "local")
+    table2.commit(bars, "bars")
+    pipe2.run(incremental=False, use_ray=False)
+    pd.testing.assert_frame_equal(comparable(via_ray), comparable(FeaturesTable(
+        pipe2.lake).read()))
+
+
+def test_unknown_instrument_is_refused(tmp_path):
+    _, table, pipe, _ = lake(tmp_path)
+    table.commit(market(2, 70, seed=2), "bars")
+    with pytest.raises(Exception, match="NOPE"):
+        pipe.run(incremental=False, instruments=["NOPE"], use_ray=False)
+
+
+def test_cli_prints_summary_and_writes_output(tmp_path, mlops_home, capsys):
+    from cluster.config import get_settings
+    from jobs import features as job
+    BarsTable(get_settings().lake_dir).commit(market(3, 80, seed=5), "bars")
+    names = sorted(BarsTable(get_settings().lake_dir).instruments())
+    out = tmp_path / "f.parquet"
+    code = job_main(job, ["--local", "--instruments", ",".join(names[:2]),
+                          "--output", str(out)])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for k in ("feature_set", "data_version", "features_version", "instruments", "rows",
+              "computed_rows", "cached_rows", "seconds"):
+        assert k in summary
+    assert summary["instruments"] == 2
+    frame = pd.read_parquet(out)
+    fs = current_feature_set()
+    assert list(frame.columns[:2]) == ["datetime", "instrument"]
+    assert set(alpha158.ALPHA158_NAMES) | {"LABEL0"} | set(fs.indicator_columns) <= \
+        set(frame.columns)
+    assert sorted(frame["instrument"].unique()) == names[:2]
+    qdir = tmp_path / "qlib"
+    assert job_main(job, ["--export-qlib", str(qdir)]) == 0
+    assert (qdir / "calendars" / "day.txt").exists()
+    assert (qdir / "features" / names[0].lower() / "close.day.bin").exists()
+
+
+def job_main(module, argv) -> int:
+    from jobs._cli import run
+    return run(module.main, argv)
+
+
+def test_service_functions_behind_the_features_api(tmp_path):
+    import time
+
+    from cluster.errors import MlopsError
+    from cluster.features.service import (feature_job, read_instrument_features,
+                                          start_feature_job)
+    settings, table, _, _ = lake(tmp_path)
+    table.commit(market(2, 70, seed=4), "bars")
+    with pytest.raises(MlopsError, match="no features yet"):
+        read_instrument_features("X", settings=settings)
+    job = start_feature_job(incremental=True, settings=settings)
+    deadline = time.time() + 60
+    while feature_job(job.job_id).state in ("queued", "running") and time.time() < deadline:
+        time.sleep(0.05)
+    done = feature_job(job.job_id).to_dict()
+    assert done["state"] == "completed", done
+    assert done["summary"]["rows"] == 2 * 70
+    name = table.instruments()[0]
+    one = read_instrument_features(name, settings=settings, columns=["KMID", "LABEL0"])
+    assert len(one) == 70 and set(one["instrument"]) == {name}
+    assert list(one.columns) == ["instrument", "date", "KMID", "LABEL0"]
+    with pytest.raises(MlopsError, match="NOPE"):
+        read_instrument_features("NOPE", settings=settings)
+    with pytest.raises(MlopsError, match="no feature job"):
+        feature_job("missing")
