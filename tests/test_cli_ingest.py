@@ -76,6 +76,22 @@ def test_whole_shared_parquet_and_csv_sample(tmp_path):
     assert fresh["instruments"] == 12 and fresh["rows_total"] == 14034
 
 
-def test_pipeline_job_runs(tmp_path):
-    s = last_json(run_job(tmp_path / "home", "jobs.pipeline", "--stocks", "4", "--days", "40"))
+def test_pipeline_job_runs_ingest_features_train_register(tmp_path):
+    home = tmp_path / "home"
+    s = last_json(run_job(home, "jobs.pipeline", "--stocks", "12", "--days", "220",
+                          "--local", "--set", "num_boost_round=40"))
     assert s["data_version"] == 0
+    assert s["features"]["rows"] == s["features"]["computed_rows"] == 12 * 220
+    train = s["train"]
+    assert train["state"] == "completed" and train["version"] == "1"
+    assert set(train["metrics"]) == {"train", "valid", "test"}
+    from cluster.registry.store import ModelRegistry
+    registry = ModelRegistry(home=home)
+    assert registry.state(train["registry_name"], "1") == "trained"
+    lineage = registry.lineage(train["registry_name"], "1")
+    assert str(lineage["data_version"]) == "0"
+    assert lineage["feature_set"] == s["features"]["feature_set"]
+    # a second run on the same data: no new data version, nothing recomputed
+    again = last_json(run_job(home, "jobs.pipeline", "--stocks", "12", "--days", "220",
+                              "--local", "--no-train"))
+    assert again["data_version"] == 0 and again["features"]["computed_rows"] == 0
