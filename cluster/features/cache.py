@@ -3,26 +3,25 @@ features were computed from, its date range, the indicators' recursive state,
 and the tail of its rows (reindexed bars and indicator values of the last
 LOOKBACK + LOOKAHEAD calendar rows), plus the trading calendar.
 
-With it, a run with no new data costs a log read, and a one-day update reads
-no bars history at all: the look-back comes from here. Two small tables, both
-overwritten by each run: ``feature_cache`` (one row per instrument; its commit
-metadata holds the feature set, data version and calendar) and ``feature_tail``.
+With it, a run with no new data costs one small file read, and a one-day update
+reads no bars history at all: the look-back comes from here.
+
+It is derived data, rebuilt by any full run, so it is one file (not a Delta
+table), replaced atomically (write to a temporary name, then rename): a crash
+leaves the previous snapshot, and a snapshot whose feature set or data version
+does not match what the features table says is ignored (the run recomputes).
 """
 from __future__ import annotations
 
-import json
+import os
+import pickle
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import pyarrow as pa
-from deltalake import write_deltalake
 
-from cluster.lake import tables
-
-META_SCHEMA = pa.schema([
-    ("instrument", pa.string()), ("data_version", pa.int64()), ("first_date", pa.date32()),
-    ("last_date", pa.date32()), ("rows", pa.int64()), ("indicator_state", pa.string())])
+CACHE_FORMAT = 1
 
 
 @dataclass
@@ -37,58 +36,43 @@ class CacheSnapshot:
 
 class FeatureCache:
     def __init__(self, lake_dir: Path):
-        self.meta_path = tables.table_path(lake_dir, "feature_cache")
-        self.tail_path = tables.table_path(lake_dir, "feature_tail")
+        self.path = Path(lake_dir) / "_feature_cache" / "snapshot.pkl"
+
+    def load(self, feature_set: str, features_version: int | None = None
+             ) -> CacheSnapshot | None:
+        """The snapshot, when it is for ``feature_set`` and was saved after the
+        features table reached ``features_version`` (None: don't check)."""
+        try:
+            with open(self.path, "rb") as f:
+                doc = pickle.load(f)
+        except FileNotFoundError:
+            return None
+        except Exception:  # unreadable: recompute rather than trust it
+            return None
+        if doc.get("format") != CACHE_FORMAT or doc.get("feature_set") != feature_set:
+            return None
+        if features_version is not None and doc.get("features_version") != features_version:
+            return None
+        return doc["snapshot"]
 
     def info(self) -> dict:
-        """The cache's feature set and data version, from the log alone."""
-        if not tables.exists(self.meta_path):
+        try:
+            with open(self.path, "rb") as f:
+                doc = pickle.load(f)
+        except Exception:
             return {}
-        history = tables.open_table(self.meta_path).history(1)
-        return tables.commit_meta(history[0]) if history else {}
+        return {k: doc.get(k) for k in ("feature_set", "data_version", "features_version")}
 
-    def load(self, feature_set: str) -> CacheSnapshot | None:
-        info = self.info()
-        if info.get("feature_set") != feature_set or not tables.exists(self.tail_path):
-            return None
-        tail_dt = tables.open_table(self.tail_path)
-        stamp = tables.commit_meta(tail_dt.history(1)[0])
-        if (stamp.get("feature_set"), stamp.get("data_version")) != (
-                feature_set, info.get("data_version")):
-            return None
-        meta = tables.to_frame(tables.open_table(self.meta_path).to_pyarrow_table())
-        states = {i: json.loads(s) for i, s in zip(meta["instrument"], meta["indicator_state"])}
-        meta = meta.drop(columns="indicator_state").set_index("instrument")
-        tail = tables.to_frame(tail_dt.to_pyarrow_table())
-        tail = tail.sort_values(["instrument", "date"], kind="stable").reset_index(drop=True)
-        calendar = pd.DatetimeIndex(pd.to_datetime(info["calendar"]))
-        return CacheSnapshot(feature_set, int(info["data_version"]), meta, states, tail, calendar)
-
-    def save(self, snap: CacheSnapshot) -> None:
-        meta = snap.meta.reset_index()
-        table = pa.table({
-            "instrument": pa.array(meta["instrument"].astype(str).tolist(), pa.string()),
-            "data_version": pa.array(meta["data_version"].astype("int64")),
-            "first_date": _dates(meta["first_date"]),
-            "last_date": _dates(meta["last_date"]),
-            "rows": pa.array(meta["rows"].astype("int64")),
-            "indicator_state": pa.array([json.dumps(snap.states.get(i, {}))
-                                         for i in meta["instrument"]], pa.string()),
-        }, schema=META_SCHEMA)
-        tail = snap.tail.copy()
-        tail_table = pa.Table.from_pandas(tail.assign(date=_dates(tail["date"])),
-                                          preserve_index=False)
-        # Both commits name the snapshot; load() trusts them only when they agree,
-        # so a crash between the two makes the next run recompute, not misread.
-        stamp = {"feature_set": snap.feature_set, "data_version": snap.data_version}
-        write_deltalake(str(self.tail_path), tail_table, mode="overwrite",
-                        schema_mode="overwrite", commit_properties=tables.commit_properties(stamp))
-        info = {**stamp, "calendar": [f"{d:%Y-%m-%d}" for d in snap.calendar]}
-        write_deltalake(str(self.meta_path), table, mode="overwrite", schema_mode="overwrite",
-                        commit_properties=tables.commit_properties(info))
-
-
-def _dates(values) -> pa.Array:
-    days = pd.to_datetime(pd.Series(values)).to_numpy(dtype="datetime64[ns]").astype(
-        "datetime64[D]")
-    return pa.array(days, pa.date32())
+    def save(self, snap: CacheSnapshot, features_version: int | None) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        doc = {"format": CACHE_FORMAT, "feature_set": snap.feature_set,
+               "data_version": snap.data_version, "features_version": features_version,
+               "snapshot": snap}
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".snapshot-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                pickle.dump(doc, f, protocol=pickle.HIGHEST_PROTOCOL)
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise

@@ -56,9 +56,11 @@ def compute_append(new_bars: pd.DataFrame, tail: pd.DataFrame, states: dict[str,
     Emits the new rows plus the last LOOKAHEAD cached rows (their label now has
     the closes it needs); reads no bars history: the look-back is ``tail``.
     """
-    new_bars = new_bars.sort_values(KEY, kind="stable").reset_index(drop=True)
+    # a few hundred rows: numpy object strings take/merge faster than Arrow-backed ones
+    new_bars = new_bars.astype({"instrument": object}).sort_values(
+        KEY, kind="stable").reset_index(drop=True)
     names = list(dict.fromkeys(new_bars["instrument"]))
-    old = tail[tail["instrument"].isin(names)]
+    old = tail[tail["instrument"].isin(names)].astype({"instrument": object})
     last = old.groupby("instrument")["date"].max()
     ends = new_bars.groupby("instrument")["date"].max()
     # calendar rows after each instrument's cached last date, up to its new last date

@@ -63,7 +63,8 @@ class FeaturePipeline:
             raise MlopsError("no bars yet: run `python -m jobs.ingest` first")
         version = self.bars.version()
         progress(0.0, "planning")
-        snap = self.cache.load(self.fs.id) if self.features.exists() else None
+        snap = self.cache.load(self.fs.id, self.features.version()) \
+            if self.features.exists() else None
         plan, snap = self._plan(snap, version, incremental, instruments)
         computed_rows = 0
         if plan.full or plan.append is not None:
@@ -134,8 +135,8 @@ class FeaturePipeline:
         append = changes[~changes["instrument"].isin(full)][BAR_COLUMNS]
         snap.calendar = calendar
         # instruments with no change still move to the new data version
-        untouched = [i for i in wanted if i in snap.meta.index and i not in full
-                     and i not in set(append["instrument"])]
+        skip = full | set(append["instrument"])
+        untouched = [i for i in snap.meta.index.intersection(wanted) if i not in skip]
         snap.meta.loc[untouched, "data_version"] = version
         return Plan(full=sorted(full), append=append if len(append) else None), snap
 
@@ -166,7 +167,7 @@ class FeaturePipeline:
             _merge_into(snap, *parts)
         snap.data_version = version
         progress(95.0, "saving factor cache")
-        self.cache.save(snap)
+        self.cache.save(snap, self.features.version())
         return rows
 
     def _full_overwrite(self, instruments: list[str], snap: CacheSnapshot, version: int,
