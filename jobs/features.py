@@ -30,6 +30,9 @@ def parse_args(argv):
     p.add_argument("--export-qlib", type=Path, metavar="DIR",
                    help="write the bars as a Qlib provider directory and exit")
     p.add_argument("--local", action="store_true", help="compute in process, without Ray")
+    p.add_argument("--follow", action="store_true",
+                   help="keep running: an incremental computation for every data_synced "
+                        "event published after start (Ctrl-C to stop)")
     return p.parse_args(argv)
 
 
@@ -44,6 +47,8 @@ def main(argv=None) -> dict:
         export_qlib(frame, args.export_qlib)
         return {"export_qlib": str(args.export_qlib), "data_version": bars.version(),
                 "instruments": int(frame["instrument"].nunique()), "rows": int(len(frame))}
+    if args.follow:
+        return follow(settings)
     pipeline = FeaturePipeline(settings)
     with progress_bar(total=100, desc="features", unit="%") as bar:
         def progress(pct: float, message: str) -> None:
@@ -62,6 +67,26 @@ def main(argv=None) -> dict:
         frame.to_parquet(args.output, index=False)
         summary["output"] = str(args.output)
     return summary
+
+
+def follow(settings) -> dict:
+    import json
+    import threading
+
+    from cluster.events import get_bus
+    from cluster.features.service import follow_data_synced
+    bus = get_bus(settings.lake_dir)
+    stop = threading.Event()
+    last: dict = {}
+
+    def show(summary: dict) -> None:
+        last.update(summary)
+        print(json.dumps(summary), file=sys.stderr, flush=True)
+    try:
+        follow_data_synced(bus, bus.last_offset(), settings, stop=stop, on_summary=show)
+    except KeyboardInterrupt:
+        stop.set()
+    return last or {"followed": True}
 
 
 if __name__ == "__main__":

@@ -247,3 +247,26 @@ def test_service_functions_behind_the_features_api(tmp_path):
         read_instrument_features("NOPE", settings=settings)
     with pytest.raises(MlopsError, match="no feature job"):
         feature_job("missing")
+
+
+def test_data_synced_events_drive_incremental_runs(tmp_path):
+    """In process (subscription) and from another process's point of view (the
+    persisted events table read from an offset)."""
+    from cluster.events import get_bus
+    from cluster.features.service import follow_data_synced, on_data_synced
+    from cluster.lake.ingest import ingest
+    settings = load_settings(home=tmp_path)
+    bus = get_bus(settings.lake_dir)
+    seen = []
+    unsubscribe = on_data_synced(bus, settings, seen.append)
+    ingest("synthetic", stocks=3, days=70, seed=1, settings=settings, bus=bus)
+    unsubscribe()
+    assert len(seen) == 1 and seen[0]["computed_rows"] == 3 * 70
+    offset = bus.last_offset()
+    ingest("synthetic", stocks=3, days=72, seed=1, settings=settings, bus=bus)
+    done = []
+    last = follow_data_synced(bus, offset, settings, on_summary=done.append)
+    assert last > offset and len(done) == 1
+    assert done[0]["computed_rows"] == 3 * (2 + alpha158.LOOKAHEAD)
+    assert follow_data_synced(bus, last, settings, on_summary=done.append) == last
+    assert len(done) == 1  # nothing new: nothing computed

@@ -6,6 +6,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Callable
 
 import pandas as pd
 
@@ -75,3 +76,37 @@ def feature_job(job_id: str) -> FeatureJob:
         return _jobs[job_id]
     except KeyError:
         raise MlopsError(f"no feature job {job_id!r}") from None
+
+
+def on_data_synced(bus, settings: Settings | None = None,
+                   on_summary=None) -> Callable[[], None]:
+    """Keep the features current in this process: every ``data_synced`` event on
+    ``bus`` runs an incremental computation (one at a time). Returns an unsubscribe."""
+    from cluster.features.pipeline import FeaturePipeline
+
+    def handle(event) -> None:
+        with _run_lock:
+            summary = FeaturePipeline(settings, bus).run(incremental=True)
+        if on_summary is not None:
+            on_summary(summary)
+    return bus.subscribe("data_synced", handle)
+
+
+def follow_data_synced(bus, after: int, settings: Settings | None = None,
+                       stop: "threading.Event | None" = None, poll_seconds: float = 2.0,
+                       on_summary=None) -> int:
+    """For another process: read ``data_synced`` events persisted after offset ``after``
+    and run an incremental computation for each batch of them, until ``stop`` is set
+    (or once, when ``stop`` is None). Returns the last offset handled."""
+    from cluster.features.pipeline import FeaturePipeline
+    while True:
+        events = bus.read(after=after, types=["data_synced"])
+        if events:
+            after = events[-1][0]
+            with _run_lock:
+                summary = FeaturePipeline(settings, bus).run(incremental=True)
+            summary["events_offset"] = after
+            if on_summary is not None:
+                on_summary(summary)
+        if stop is None or stop.wait(poll_seconds):
+            return after
