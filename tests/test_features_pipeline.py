@@ -76,6 +76,9 @@ def sync_scenarios(draw):
 
 @given(scenario=sync_scenarios())
 def test_property1_incremental_equals_full_recompute(scenario):
+    """Feature: mlops-optimization, Property 1: for any data-sync event the pipeline
+    computes the right indicators for exactly the synced range (the incremental result
+    equals a full recompute; only synced instruments are rewritten)."""
     before, after = scenario
     with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
         _, bars_a, pipe_a, _ = lake(Path(a))
