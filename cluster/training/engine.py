@@ -276,7 +276,12 @@ def _importance(model, dataset, max_dates: int) -> dict[str, float]:
                                 data_key=DataHandlerLP.DK_L)
         dates = frame.index.get_level_values("datetime").unique().sort_values()[-max_dates:]
         frame = frame[frame.index.get_level_values("datetime").isin(dates)]
-        imp = model.permutation_importance(frame["feature"], frame["label"].iloc[:, 0])
+        history = None
+        if getattr(model, "sequence", False):  # windows reach back before these dates
+            history = dataset.handler.fetch(slice(None, dates[-1]), col_set="feature",
+                                            data_key=DataHandlerLP.DK_I)
+        imp = model.permutation_importance(frame["feature"], frame["label"].iloc[:, 0],
+                                           history=history)
     else:
         return {}
     imp = imp.replace([np.inf, -np.inf], np.nan).dropna()
