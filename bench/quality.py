@@ -38,15 +38,19 @@ def ours(models: list[str], epochs: int, settings) -> list[dict]:
     data = load_features(settings)
     engine = TrainingEngine(settings, EventBus(None))
     rows = []
-    for m in models:
+    for name in models:
+        # "lightgbm@qlib": our engine (IC early stopping) with Qlib's benchmark params
+        m, _, variant = name.partition("@")
         params = {"n_epochs": epochs} if m in TORCH else {}
+        if variant == "qlib":
+            params.update({k: v for k, v in QLIB_LGB.items() if k != "loss"})
         if m in ("lightgbm", "xgboost"):
-            params["num_threads" if m == "lightgbm" else "n_jobs"] = 2
+            params["num_threads" if m == "lightgbm" else "nthread"] = 2
         t0 = time.perf_counter()
         result = engine.run(TrainRequest(m, params=params, register=False,
                                          importance_max_dates=5), data)
         test = result.metrics.get("test", {})
-        rows.append({"model": m, "state": result.state, "seconds": round(time.perf_counter()
+        rows.append({"model": name, "state": result.state, "seconds": round(time.perf_counter()
                                                                           - t0, 1),
                      "epochs_cap": epochs if m in TORCH else None,
                      "best_epoch": result.report.get("best_epoch"),

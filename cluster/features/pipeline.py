@@ -53,11 +53,13 @@ class FeaturePipeline:
         self.cache = FeatureCache(self.lake)
         self.bus = bus if bus is not None else get_bus(self.lake)
         self.fs: FeatureSet = current_feature_set(self.settings.feature_pipeline.indicators)
+        self.ray_start_seconds = 0.0
 
     # -- entry point -------------------------------------------------------
     def run(self, incremental: bool = True, instruments: list[str] | None = None,
             progress: Progress | None = None, use_ray: bool | None = None) -> dict:
         started = time.perf_counter()
+        self.ray_start_seconds = 0.0
         progress = progress or (lambda pct, msg: None)
         if not self.bars.exists():
             raise MlopsError("no bars yet: run `python -m jobs.ingest` first")
@@ -82,6 +84,7 @@ class FeaturePipeline:
             "mode": "full" if plan.overwrite or (plan.full and plan.append is None
                                                   and not incremental) else "incremental",
             "seconds": round(time.perf_counter() - started, 3),
+            "ray_start_seconds": self.ray_start_seconds,
         }
         if computed_rows:
             changed = sorted(set(plan.full) | (set(plan.append["instrument"])
@@ -179,6 +182,11 @@ class FeaturePipeline:
             work > self.settings.feature_pipeline.local_threshold_rows)
         counter = {"rows": 0, "done": 0}
         collected: list[Computed] = []
+        if ray_path:  # timed apart: a cluster pays it once, not per run
+            from cluster.ray_env import ensure_ray
+            t0 = time.perf_counter()
+            ensure_ray()
+            self.ray_start_seconds = round(time.perf_counter() - t0, 3)
 
         def batches():
             source = _ray_blocks if ray_path else _local_blocks
