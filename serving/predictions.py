@@ -1,0 +1,129 @@
+"""The ``predictions`` table: every served (and shadow) prediction, for monitoring.
+
+One row per predicted instrument (or posted row): when, the sticky key, which
+version answered, the data version of its inputs, the output and the latency;
+``shadow`` marks answers that were recorded but never returned. Requests only
+append a tuple to a buffer; a background thread commits the buffer to Delta
+every ``flush_seconds`` or ``flush_rows`` rows, so no request waits on storage.
+A failed commit keeps the rows for the next try (up to ``max_buffer``).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import date as Date
+from pathlib import Path
+
+import pyarrow as pa
+from deltalake import write_deltalake
+from deltalake.exceptions import CommitFailedError
+
+from cluster.lake import tables
+
+log = logging.getLogger(__name__)
+
+SCHEMA = pa.schema([
+    ("time", pa.timestamp("us", tz="UTC")),
+    ("request_id", pa.string()),
+    ("key", pa.string()),
+    ("version", pa.string()),
+    ("instrument", pa.string()),
+    ("date", pa.date32()),
+    ("data_version", pa.int64()),
+    ("output", pa.float64()),
+    ("latency_ms", pa.float64()),
+    ("shadow", pa.bool_()),
+])
+# A buffered row: the SCHEMA fields in order, time as epoch seconds, date as ISO text.
+Row = tuple
+
+
+def rows_table(rows: list[Row]) -> pa.Table:
+    cols = list(zip(*rows)) if rows else [[] for _ in SCHEMA]
+    times = pa.array([int(t * 1_000_000) for t in cols[0]], pa.int64()).cast(SCHEMA[0].type)
+    dates = pa.array([Date.fromisoformat(d) if d else None for d in cols[5]], pa.date32())
+    arrays = [times] + [pa.array(cols[i], SCHEMA[i].type) for i in range(1, 5)] + [dates] + \
+        [pa.array(cols[i], SCHEMA[i].type) for i in range(6, 10)]
+    return pa.Table.from_arrays(arrays, schema=SCHEMA)
+
+
+class PredictionSink:
+    def __init__(self, lake_dir: Path, flush_rows: int = 500, flush_seconds: float = 2.0,
+                 max_buffer: int = 200_000):
+        self.path = tables.table_path(lake_dir, "predictions")
+        self.flush_rows = flush_rows
+        self.flush_seconds = flush_seconds
+        self.max_buffer = max_buffer
+        self.written = 0
+        self.dropped = 0
+        self._buffer: list[Row] = []
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._flush_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> "PredictionSink":
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="predictions-sink",
+                                            daemon=True)
+            self._thread.start()
+        return self
+
+    def add(self, rows: list[Row]) -> None:
+        self._buffer.extend(rows)       # list.extend is atomic under the GIL
+        if len(self._buffer) >= self.flush_rows:
+            self._wake.set()
+
+    def flush(self) -> int:
+        """Commit what is buffered now; returns the rows written (0 on failure)."""
+        with self._flush_lock:
+            rows, self._buffer = self._buffer, []
+            if not rows:
+                return 0
+            try:
+                self._write(rows_table(rows))
+            except Exception:
+                log.exception("writing %d predictions failed; kept for the next flush", len(rows))
+                self._buffer[:0] = rows
+                over = len(self._buffer) - self.max_buffer
+                if over > 0:  # storage is down for long: keep the newest rows
+                    del self._buffer[:over]
+                    self.dropped += over
+                return 0
+            self.written += len(rows)
+            return len(rows)
+
+    def _write(self, table: pa.Table, attempts: int = 5) -> None:
+        # Replicas append concurrently; a lost commit race is retried (appends never
+        # conflict on content, only on the log entry's number).
+        for attempt in range(attempts):
+            try:
+                write_deltalake(str(self.path), table, mode="append")
+                return
+            except CommitFailedError:
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.flush_seconds)
+            self._wake.clear()
+            self.flush()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+        self.flush()
+
+
+def read_predictions(lake_dir: Path):
+    """The predictions table as a DataFrame (empty when nothing was written yet)."""
+    path = tables.table_path(lake_dir, "predictions")
+    table = (pa.table(tables.open_table(path).to_pyarrow_table()) if tables.exists(path)
+             else SCHEMA.empty_table())
+    return table.to_pandas(date_as_object=False)
