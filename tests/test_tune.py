@@ -112,6 +112,17 @@ def test_yaml_overrides_and_refusals(tmp_path):
         merged_space("lightgbm", {"num_leaves": {"randint": [9, 2]}})
 
 
+def test_asha_first_rung_falls_inside_a_first_fold():
+    """ASHA's grace comes before early stopping could end a fold: under a third of the
+    patience and at most budget/20; a YAML patience moves it."""
+    from tuning.spaces import asha_grace, budget
+    assert asha_grace("lightgbm", merged_space("lightgbm")) == 50 // 3
+    assert asha_grace("lightgbm", merged_space("lightgbm", {"early_stopping_rounds": 300})) \
+        == budget("lightgbm", merged_space("lightgbm")) // 20
+    assert asha_grace("mlp", merged_space("mlp")) == 20 // 3
+    assert asha_grace("linear", merged_space("linear")) == 1
+
+
 def test_resources_follow_the_model_type():
     trees = trial_resources({"num_threads": 3}, model_type="lightgbm", n_folds=3)
     assert trees.bundles == [{"CPU": 3.0}]

@@ -38,7 +38,7 @@ from cluster.errors import MlopsError
 from cluster.models.zoo import spec
 from cluster.training.engine import FeatureData, load_features
 from tuning.folds import tuning_window, walk_forward_folds
-from tuning.spaces import budget, merged_space, to_tune
+from tuning.spaces import asha_grace, budget, merged_space, to_tune
 from tuning.trainable import METRIC, MODE, THREAD_PARAMS, TrialSetup, trial_resources, \
     train_trial
 
@@ -68,7 +68,7 @@ class TuneRequest:
     register: bool = True
     registry_name: str | None = None
     feature_columns: list[str] | None = None
-    grace_period: int | None = None       # ASHA, in rounds; default budget/20
+    grace_period: int | None = None       # ASHA, in rounds; default spaces.asha_grace
     reduction_factor: float = 4.0
 
     def check(self) -> None:
@@ -233,7 +233,7 @@ def _scheduler(req: TuneRequest, space: dict, n_folds: int):
         return FIFOScheduler()
     per_fold = budget(req.model_type, space)
     max_t = per_fold * n_folds
-    grace = req.grace_period or max(1, per_fold // 20)
+    grace = req.grace_period or asha_grace(req.model_type, space)
     return ASHAScheduler(time_attr="rounds", max_t=max_t, grace_period=min(grace, max_t),
                          reduction_factor=req.reduction_factor)
 

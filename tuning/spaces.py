@@ -28,6 +28,7 @@ from cluster.models.zoo import COMMON_OVERRIDES, spec
 DOMAINS = ("loguniform", "uniform", "randint", "lograndint", "choice")
 # Budget parameter per family: boosting rounds or epochs (ASHA's time axis).
 BUDGET_PARAMS = ("num_boost_round", "n_estimators", "n_epochs")
+PATIENCE_PARAMS = ("early_stopping_rounds", "early_stop")  # trees / torch
 # What every trial fixes: it is judged on RankIC, so early stopping watches it too.
 TRIAL_FIXED = {"tree": {"early_stop_metric": "rank_ic"},
                "torch": {"early_stop_metric": "rank_ic"}, "linear": {}}
@@ -168,14 +169,30 @@ def to_tune(space: dict) -> dict:
     return out
 
 
-def budget(model_type: str, space: dict) -> int:
-    """Most rounds (or epochs) one fold of a trial can spend: ASHA's max per fold."""
+def _largest(model_type: str, space: dict, names: tuple[str, ...]) -> int | None:
+    """The largest value the space allows for the first of ``names`` the model has."""
     d = _defaults(model_type)
-    for name in BUDGET_PARAMS:
+    for name in names:
         if name in d:
             value = space.get(name, d[name])
             if isinstance(value, dict):
                 kind, args = next(iter(value.items()))
                 value = max(args)
             return max(int(math.ceil(float(value))), 1)
-    return 1  # linear: one fit per fold
+    return None
+
+
+def budget(model_type: str, space: dict) -> int:
+    """Most rounds (or epochs) one fold of a trial can spend: ASHA's max per fold."""
+    return _largest(model_type, space, BUDGET_PARAMS) or 1  # linear: one fit per fold
+
+
+def asha_grace(model_type: str, space: dict) -> int:
+    """ASHA's first rung, in rounds. Early stopping ends a fold at its best round plus
+    the patience, which on daily returns comes long before the budget: a rung at
+    budget/20 (50 of LightGBM's 1,000 rounds) would fall after most of a first fold
+    was spent anyway. A third of the patience lets ASHA drop the weak trials inside
+    their first fold."""
+    first = max(1, budget(model_type, space) // 20)
+    patience = _largest(model_type, space, PATIENCE_PARAMS)
+    return max(1, min(first, patience // 3)) if patience else first
