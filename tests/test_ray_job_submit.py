@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
+from tests.test_serving_support import TOKENS, row_body, serving_home  # noqa: F401 (fixture)
 
 RAY = str(Path(sys.executable).with_name("ray"))
 
@@ -98,21 +99,60 @@ def head_node():
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def test_ingest_runs_under_ray_job_submit(head_node, tmp_path):
+def submit(head_node, home: Path, *job: str, env_vars: dict | None = None) -> dict:
+    """``ray job submit --working-dir <repo> -- python -m <job>``; returns its JSON summary."""
     address, env = head_node
-    home = tmp_path / "home"
-    runtime_env = json.dumps({"env_vars": {"MLOPS_HOME": str(home)}})
+    runtime_env = json.dumps({"env_vars": {"MLOPS_HOME": str(home), **(env_vars or {})}})
     cmd = [RAY, "job", "submit", "--address", address, "--working-dir", str(ROOT),
-           "--runtime-env-json", runtime_env, "--",
-           "python", "-m", "jobs.ingest", "--source", "synthetic", "--stocks", "3",
-           "--days", "12"]
+           "--runtime-env-json", runtime_env, "--", "python", "-m", *job]
     for _ in range(30):  # the head's job agent registers a little after the dashboard
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
         if "No available agent" not in proc.stdout + proc.stderr:
             break
         time.sleep(2)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    summary = json.loads(lines[-1])
+    return json.loads(lines[-1])
+
+
+def test_ingest_runs_under_ray_job_submit(head_node, tmp_path):
+    home = tmp_path / "home"
+    summary = submit(head_node, home, "jobs.ingest", "--source", "synthetic",
+                     "--stocks", "3", "--days", "12")
     assert summary["data_version"] == 0 and summary["rows_added"] == 36
     assert (home / "lake" / "bars" / "_delta_log").is_dir()
+
+
+def test_tune_runs_under_ray_job_submit(head_node, tmp_path):
+    """jobs.tune joins the job's cluster (RAY_ADDRESS) unchanged: trials fit its one CPU,
+    the best is registered with the experiment in its lineage."""
+    from cluster.registry.store import ModelRegistry
+    from tests.test_tune import _features_table
+    home = tmp_path / "home"
+    _features_table(home)
+    out = submit(head_node, home, "jobs.tune", "--model", "linear", "--samples", "2",
+                 "--folds", "2", "--scheduler", "fifo", "--name", "submitted")
+    assert out["experiment"] == "submitted" and out["trials"] == {"completed": 2}
+    lineage = ModelRegistry(home=home).lineage(out["registry_name"], out["version"])
+    assert lineage["tune_experiment"] == "submitted"
+    assert lineage["tune_trial_id"] == out["best"]["trial_id"]
+
+
+def test_deploy_runs_under_ray_job_submit(head_node, serving_home):
+    """jobs.deploy under ``ray job submit``: Serve starts on the job's cluster, the
+    blue-green rollout promotes, and Serve keeps answering after the job ended."""
+    settings, _ = serving_home
+    port = free_port()
+    tokens = ",".join(f"{role}:{token}" for role, token in TOKENS.items())
+    out = submit(head_node, settings.home, "jobs.deploy", "--model", "m", "--version", "1",
+                 "--strategy", "blue_green",
+                 env_vars={"MLOPS_API__PORT": str(port), "MLOPS_API_TOKENS": tokens})
+    assert out["state"] == "promoted" and out["rolled_back"] is False
+    assert out["split"] == {"m/1": 1.0}
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/predict", data=json.dumps(row_body()).encode(),
+        headers={"Authorization": f"Bearer {TOKENS['viewer']}",
+                 "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as reply:
+        assert reply.headers["X-Model-Version"] == "m/1"
+        assert json.loads(reply.read())["version"] == "m/1"
