@@ -71,8 +71,7 @@ class ControlPlane:
     def registry(self):
         if self._registry is None:
             from cluster.registry.store import ModelRegistry
-            self._registry = ModelRegistry(home=self.settings.home,
-                                           tracking_uri=self.settings.tracking_uri)
+            self._registry = ModelRegistry.for_settings(self.settings)
         return self._registry
 
     @property

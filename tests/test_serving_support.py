@@ -100,7 +100,7 @@ def trained_models(tmp_path_factory) -> list:
 def register(settings, model, name: str = "m", feature_set: str = "fs-test") -> str:
     """Register ``model`` as a new version (cheap: no training); returns its model id."""
     from cluster.registry.store import Lineage, ModelRegistry
-    reg = ModelRegistry(home=settings.home, tracking_uri=settings.tracking_uri)
+    reg = ModelRegistry.for_settings(settings)
     info = reg.register(name, model, lineage=Lineage(data_version=3, feature_set=feature_set),
                         report={"data": {"features": FEATURES}}, config={"kind": "test"})
     return info.model_id

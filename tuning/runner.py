@@ -340,7 +340,7 @@ def _register_checkpoint(req, best, data, settings, name, lineage) -> dict:
     report["tune"] = {**lineage, "fold_valid_rank_ic": best["fold_valid_rank_ic"],
                       METRIC: best[METRIC]}
     info = report.get("data", {})
-    registry = ModelRegistry(home=settings.home, tracking_uri=settings.tracking_uri)
+    registry = ModelRegistry.for_settings(settings)
     flat = {f"{seg}_{k}": v for seg, m in report.get("metrics", {}).items()
             for k, v in m.items() if isinstance(v, (int, float))}
     version = registry.register(

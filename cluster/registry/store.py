@@ -99,6 +99,11 @@ _lock = threading.Lock()
 
 
 class ModelRegistry:
+    @classmethod
+    def for_settings(cls, settings) -> "ModelRegistry":
+        """The registry a component with these settings uses (home + tracking URI)."""
+        return cls(home=settings.home, tracking_uri=settings.tracking_uri)
+
     def __init__(self, tracking_uri: str | None = None, home: Path | None = None):
         from cluster.config import get_settings
         settings = get_settings()
