@@ -250,6 +250,11 @@ def _parse_numbers(series: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return values, bad, missing
 
 
+def _in_ns_range(values: np.ndarray) -> np.ndarray:
+    """Where a date lies in the range datetime64[ns] holds (year 0000 would wrap around)."""
+    return (values >= np.datetime64("1677-09-22")) & (values <= np.datetime64("2262-04-11"))
+
+
 def _parse_dates(series: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """-> (datetime64[ns] values, unparseable mask, missing mask)."""
     n = len(series)
@@ -270,6 +275,12 @@ def _parse_dates(series: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     text = series.astype("string").str.strip()
     missing = (text.isna() | (text == "")).to_numpy(dtype=bool)
     arr = pa.array(text.array, type=pa.string())  # zero-copy for arrow-backed strings
+    try:  # clean YYYY-MM-DD text: Arrow's cast is strict (2019-02-30 fails) and 10x faster
+        days = pc.cast(arr, pa.date32()).to_numpy(zero_copy_only=False)
+        if not missing.any() and not np.isnat(days).any() and _in_ns_range(days).all():
+            return days.astype("datetime64[ns]"), np.zeros(n, dtype=bool), missing
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass  # some value is not plain YYYY-MM-DD: the checks below name it
     fast = pc.strptime(arr, format="%Y-%m-%d", unit="s", error_is_null=True)
     # strptime rolls impossible days over (2019-02-30 -> 2019-03-02): a date is
     # only taken when it formats back to the text it came from.
@@ -278,7 +289,8 @@ def _parse_dates(series: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]
                   pa.int64())
     exact = pc.and_(shaped, pc.equal(pc.day(fast), day))
     fast = pc.if_else(pc.fill_null(exact, False), fast, pa.scalar(None, fast.type))
-    values = fast.to_numpy(zero_copy_only=False).astype("datetime64[ns]")
+    values = fast.to_numpy(zero_copy_only=False)
+    values = np.where(_in_ns_range(values), values, np.datetime64("NaT")).astype("datetime64[ns]")
     retry = np.isnat(values) & ~missing
     if retry.any():  # other ISO 8601 spellings, e.g. 2015-01-12T00:00:00
         again = pd.to_datetime(text[retry], format="ISO8601", errors="coerce")

@@ -69,7 +69,8 @@ def corrupted_folder(draw):
         row[HEADER.index(col)] = value
     elif kind == "bad_date":
         col = "Date"
-        row[0] = draw(st.sampled_from(["2019-13-45", "yesterday", "31/12/2019", "2019-02-30"]))
+        row[0] = draw(st.sampled_from(["2019-13-45", "yesterday", "31/12/2019", "2019-02-30",
+                                     "0000-01-01", "9999-12-31"]))
     elif kind == "high_below_low":
         col = "High"
         low = float(row[HEADER.index("Low")])
