@@ -254,6 +254,19 @@ def test_small_tuning_run_end_to_end(ray_session, mlops_home, synthetic):
         run_tuning(request, synthetic, get_settings())
 
 
+def test_asha_keeps_a_trial_that_spends_its_whole_budget(ray_session, mlops_home, synthetic):
+    """A torch trial without early stopping runs every epoch of every fold: ASHA must
+    not stop it at its budget before the fold-end report that carries its result."""
+    from cluster.config import get_settings
+    from tuning.runner import TuneRequest, run_tuning
+    request = TuneRequest("mlp", samples=2, folds=2, name="full", feature_columns=FEATURES,
+                          fixed={"n_epochs": 2, "early_stop": 5, "hidden_size": 16},
+                          register=False)
+    out = run_tuning(request, synthetic, get_settings())
+    assert out["trials"].get("completed", 0) >= 1, out["trials"]
+    assert out["best"] is not None and len(out["best"]["fold_valid_rank_ic"]) == 2
+
+
 # --------------------------------------------------------------------------- resume
 def _features_table(home: Path) -> None:
     from cluster.config import load_settings

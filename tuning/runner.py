@@ -232,7 +232,9 @@ def _scheduler(req: TuneRequest, space: dict, n_folds: int):
     if req.scheduler == "fifo":
         return FIFOScheduler()
     per_fold = budget(req.model_type, space)
-    max_t = per_fold * n_folds
+    # one past the most a trial can spend: ASHA stops a trial whose time reaches max_t,
+    # which would cut it at its last epoch, before the fold-end report with its result
+    max_t = per_fold * n_folds + 1
     grace = req.grace_period or asha_grace(req.model_type, space)
     return ASHAScheduler(time_attr="rounds", max_t=max_t, grace_period=min(grace, max_t),
                          reduction_factor=req.reduction_factor)
