@@ -23,9 +23,15 @@ def print_summary(summary) -> None:
     print(json.dumps(summary, default=str), flush=True)
 
 
+def _ray_connected() -> bool:
+    ray = sys.modules.get("ray")  # never import Ray for a job that did not use it
+    return ray is not None and ray.is_initialized()
+
+
 def run(main: Callable[[list[str] | None], object], argv: list[str] | None = None) -> int:
     """Run ``main``; print its result as JSON last on stdout; refusals exit 1."""
     setup_logging()
+    had_ray = _ray_connected()
     try:
         summary = main(argv)
     except MlopsError as exc:
@@ -34,6 +40,12 @@ def run(main: Callable[[list[str] | None], object], argv: list[str] | None = Non
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return EXIT_USAGE
+    finally:
+        if not had_ray and _ray_connected():
+            # Ray copies its workers' stdout to ours as it arrives; a line printed after
+            # the summary would break "JSON last". Disconnect first (Serve and a cluster
+            # started with `ray start` live on; a Ray this job started ends with it anyway).
+            sys.modules["ray"].shutdown()
     if summary is not None:
         print_summary(summary)
     return 0

@@ -95,3 +95,39 @@ def test_pipeline_job_runs_ingest_features_train_register(tmp_path):
     again = last_json(run_job(home, "jobs.pipeline", "--stocks", "12", "--days", "220",
                               "--local", "--no-train"))
     assert again["data_version"] == 0 and again["features"]["computed_rows"] == 0
+
+
+CHATTY_JOB = """
+import sys, time
+import ray
+from jobs._cli import run
+from cluster.ray_env import ensure_ray
+
+def main(argv):
+    ensure_ray(num_cpus=1, include_dashboard=False)
+
+    @ray.remote
+    def chatty():
+        for i in range(8):
+            print("worker line", i, flush=True)
+            time.sleep(0.25)
+
+    ray.get(ray.remote(lambda: print("worker ready", flush=True)).remote())
+    chatty.remote()          # still printing when main returns
+    time.sleep(0.5)
+    return {"ok": True}
+
+sys.exit(run(main, []))
+"""
+
+
+def test_worker_output_never_follows_the_summary():
+    """A job that used Ray prints its JSON summary last on stdout, even while a Ray
+    worker is still printing (Ray copies worker stdout to the driver's)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), RAY_USAGE_STATS_ENABLED="0")
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run([sys.executable, "-c", CHATTY_JOB], capture_output=True, text=True,
+                          cwd=ROOT, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
+    assert lines and json.loads(lines[-1]) == {"ok": True}, proc.stdout[-2000:]
