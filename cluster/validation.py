@@ -275,12 +275,13 @@ def _parse_dates(series: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     text = series.astype("string").str.strip()
     missing = (text.isna() | (text == "")).to_numpy(dtype=bool)
     arr = pa.array(text.array, type=pa.string())  # zero-copy for arrow-backed strings
-    try:  # clean YYYY-MM-DD text: Arrow's cast is strict (2019-02-30 fails) and 10x faster
-        days = pc.cast(arr, pa.date32()).to_numpy(zero_copy_only=False)
-        if not missing.any() and not np.isnat(days).any() and _in_ns_range(days).all():
-            return days.astype("datetime64[ns]"), np.zeros(n, dtype=bool), missing
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        pass  # some value is not plain YYYY-MM-DD: the checks below name it
+    if not missing.any():  # clean YYYY-MM-DD text: Arrow's strict cast, 10x faster
+        try:                 # (2019-02-30 fails it; NaT is outside the range below)
+            days = pc.cast(arr, pa.date32()).to_numpy(zero_copy_only=False)
+            if _in_ns_range(days).all():
+                return days.astype("datetime64[ns]"), np.zeros(n, dtype=bool), missing
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass  # some value is not plain YYYY-MM-DD: the checks below name it
     fast = pc.strptime(arr, format="%Y-%m-%d", unit="s", error_is_null=True)
     # strptime rolls impossible days over (2019-02-30 -> 2019-03-02): a date is
     # only taken when it formats back to the text it came from.
