@@ -193,6 +193,49 @@ def test_ray_data_path_equals_local_path(tmp_path, ray_session):
         pipe2.lake).read()))
 
 
+def test_failed_full_run_keeps_the_previous_version_and_no_stray_files(tmp_path, monkeypatch):
+    import cluster.features.pipeline as pipeline_module
+    bars = market(6, 80, seed=5)
+    _, table, pipe, _ = lake(tmp_path)
+    table.commit(bars, "bars")
+    pipe.settings.feature_pipeline.instruments_per_block = 2  # three blocks, three files
+    pipe.run(incremental=False, use_ray=False)
+    features = FeaturesTable(pipe.lake)
+    version, before = features.version(), features.read()
+    files_before = sorted(p.name for p in features.path.glob("*.parquet"))
+    real, calls = pipeline_module.compute_full, []
+
+    def fails_on_the_third_block(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("disk full while computing block 3")
+        return real(*args, **kwargs)
+    monkeypatch.setattr(pipeline_module, "compute_full", fails_on_the_third_block)
+    with pytest.raises(RuntimeError, match="block 3"):
+        pipe.run(incremental=False, use_ray=False)
+    assert features.version() == version
+    pd.testing.assert_frame_equal(features.read(), before)
+    # the two blocks written before the failure were removed, the committed ones kept
+    assert sorted(p.name for p in features.path.glob("*.parquet")) == files_before
+
+
+def test_full_run_files_carry_the_stats_readers_prune_on(tmp_path):
+    from cluster.lake import tables
+    bars = market(6, 80, seed=9)
+    _, table, pipe, _ = lake(tmp_path)
+    table.commit(bars, "bars")
+    pipe.settings.feature_pipeline.instruments_per_block = 2
+    pipe.run(incremental=False, use_ray=False)
+    features = FeaturesTable(pipe.lake)
+    actions = tables.add_actions(tables.open_table(features.path))
+    assert actions.num_rows == 3
+    assert sum(actions.column("num_records").to_pylist()) == len(features.read())
+    names = sorted(bars["instrument"].unique())
+    one = features._files(tables.open_table(features.path), [names[-1]], None, None)
+    assert len(one) == 1  # min/max of instrument in the log: the other two files pruned
+    assert set(features.read(instruments=[names[-1]])["instrument"]) == {names[-1]}
+
+
 def test_unknown_instrument_is_refused(tmp_path):
     _, table, pipe, _ = lake(tmp_path)
     table.commit(market(2, 70, seed=2), "bars")

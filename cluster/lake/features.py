@@ -1,6 +1,7 @@
 """The ``features`` table: append-only, newest computation of a row wins.
 
-A full run overwrites the table (one commit). An incremental run appends only
+A full run overwrites the table (one commit): its workers write the data files
+in parallel and the driver commits the list of them. An incremental run appends only
 the rows it computed: new dates, and rows whose values changed (restated bars;
 the last two rows of an instrument, whose label needs the next two closes).
 Each row carries the bars ``data_version`` it was computed from; readers keep,
@@ -9,26 +10,35 @@ merging keeps a one-day update a small write, whatever the table's size.
 """
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
-from typing import Iterable
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
-from deltalake import ColumnProperties, WriterProperties, write_deltalake
+import pyarrow.parquet as pq
+from deltalake import ColumnProperties, Schema, WriterProperties, write_deltalake
+from deltalake.transaction import AddAction, create_table_with_add_actions
 
 from cluster.lake import tables
 
 
 # ~180 float columns of distinct values: dictionary encoding them is wasted work (it
-# made the full write 5x slower, measured); ZSTD compresses floats better than snappy
-# at about the same speed. The two repeated string columns keep their dictionaries.
+# made the full write 5x slower, measured); the two repeated string columns keep
+# their dictionaries. LZ4 (raw): the full table (241 stocks x 5 years) writes in
+# 0.65 s against ZSTD's 1.1-1.3 s and reads in half the time, for files 16% larger
+# (208 MB vs 179 MB), measured; the features are rewritten at every full run.
+DICTIONARY_COLUMNS = ("instrument", "feature_set")
 WRITER = WriterProperties(
-    compression="ZSTD",
+    compression="LZ4_RAW",
     default_column_properties=ColumnProperties(dictionary_enabled=False),
     column_properties={c: ColumnProperties(dictionary_enabled=True)
-                       for c in ("instrument", "feature_set")})
+                       for c in DICTIONARY_COLUMNS})
+PARQUET_COMPRESSION = "lz4"  # pyarrow's name for LZ4_RAW
+# Columns whose min/max go into a data file's log entry: what readers prune on.
+STATS_COLUMNS = ("instrument", "date")
 
 
 class FeaturesTable:
@@ -48,18 +58,53 @@ class FeaturesTable:
         return tables.commit_meta(history[0]) if history else {}
 
     # -- writing -----------------------------------------------------------
-    def overwrite(self, batches: Iterable[pa.RecordBatch], schema: pa.Schema, meta: dict) -> int:
-        """Replace the whole table with streamed batches (one commit); returns the version."""
-        reader = pa.RecordBatchReader.from_batches(schema, iter(batches))
-        write_deltalake(str(self.path), reader, mode="overwrite", schema_mode="overwrite",
-                        writer_properties=WRITER,
-                        commit_properties=tables.commit_properties(meta))
+    def write_file(self, table: pa.Table, name: str) -> dict:
+        """Write ``table`` as one data file under the table's folder, not committed:
+        readers see it only once :meth:`commit_files` lists it. Many workers call
+        this in parallel (the lake is on storage they all see); the returned add
+        action is small, so only it travels back to the committing driver."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, self.path / name, compression=PARQUET_COMPRESSION,
+                       use_dictionary=[c for c in DICTIONARY_COLUMNS if c in table.column_names])
+        return {"path": name, "size": (self.path / name).stat().st_size,
+                "modification_time": int(time.time() * 1000),
+                "stats": json.dumps(_file_stats(table))}
+
+    def commit_files(self, files: list[dict], schema: pa.Schema, meta: dict,
+                     mode: str = "overwrite") -> int:
+        """One commit adding the data files :meth:`write_file` wrote (``overwrite``:
+        they replace every current file); returns the new version."""
+        actions = [AddAction(f["path"], f["size"], {}, f["modification_time"], True,
+                             f["stats"]) for f in files]
+        props = tables.commit_properties(meta)
+        if self.exists():
+            tables.open_table(self.path).create_write_transaction(
+                actions, mode=mode, schema=schema, commit_properties=props)
+        else:
+            create_table_with_add_actions(str(self.path), Schema.from_arrow(schema), actions,
+                                          mode="error", commit_properties=props)
         return self.version()
 
+    def discard_files(self, prefix: str) -> int:
+        """Remove uncommitted data files named ``prefix*`` (a failed run's): the
+        log never listed them, so no version loses anything."""
+        listed = {p for p in tables.add_actions(tables.open_table(self.path))
+                  .column("path").to_pylist()} if self.exists() else set()
+        removed = 0
+        for path in self.path.glob(f"{prefix}*"):
+            if path.name not in listed:
+                path.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
     def append(self, table: pa.Table, meta: dict) -> int:
-        write_deltalake(str(self.path), table, mode="append", writer_properties=WRITER,
+        """Append rows (one commit); returns the new version. Written through the
+        opened table, which then knows its new version without reading the log again."""
+        target = tables.open_table(self.path) if self.exists() else None
+        write_deltalake(target if target is not None else str(self.path), table,
+                        mode="append", writer_properties=WRITER,
                         commit_properties=tables.commit_properties(meta))
-        return self.version()
+        return target.version() if target is not None else self.version()
 
     # -- reading -----------------------------------------------------------
     def read(self, version: int | None = None, instruments: list[str] | None = None,
@@ -120,6 +165,21 @@ class FeaturesTable:
             keep = pc.and_(keep, pc.fill_null(pc.less_equal(actions["min.date"], e), True))
         root = str(self.path)
         return [f"{root}/{p}" for p in actions.filter(keep).column("path").to_pylist()]
+
+
+def _file_stats(table: pa.Table) -> dict:
+    """Delta file statistics: row count, and min/max/null count of STATS_COLUMNS."""
+    stats = {"numRecords": table.num_rows, "minValues": {}, "maxValues": {}, "nullCount": {}}
+    for name in STATS_COLUMNS:
+        if name not in table.column_names or not table.num_rows:
+            continue
+        column = table.column(name)
+        bounds = pc.min_max(column)
+        lo, hi = bounds["min"].as_py(), bounds["max"].as_py()
+        if lo is not None:
+            stats["minValues"][name], stats["maxValues"][name] = str(lo), str(hi)
+        stats["nullCount"][name] = column.null_count
+    return stats
 
 
 def _keep_last_per_key(table: pa.Table) -> pa.Table:
