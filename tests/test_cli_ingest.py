@@ -4,8 +4,6 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 from tests.conftest import ROOT, shared_file
 
 INGEST_KEYS = {"data_version", "rows_added", "rows_restated", "rows_total", "instruments",

@@ -1,5 +1,4 @@
 """Bad input is refused with file, row and column named, and the lake never changes."""
-import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import given, strategies as st

@@ -1,6 +1,5 @@
 """Registry: lifecycle (Property 3), lineage (Property 8), integrity, compatibility, search."""
 import glob
-import json
 
 import pytest
 from hypothesis import given, strategies as st
