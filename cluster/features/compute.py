@@ -68,22 +68,24 @@ def compute_append(new_bars: pd.DataFrame, tail: pd.DataFrame, states: dict[str,
         pd.concat([old.groupby("instrument").tail(1)[["instrument", "date", *VALUE_COLUMNS]],
                    new_bars[["instrument", "date", *VALUE_COLUMNS]]]), calendar)
     grid_new = grid_new[grid_new["date"] > grid_new["instrument"].map(last)]
-    series = pd.concat([old[["instrument", "date", *VALUE_COLUMNS]], grid_new])
-    series = series.sort_values(KEY, kind="stable").reset_index(drop=True)
-    # emit: the new rows and the LOOKAHEAD cached rows before them (whose label the
-    # new closes complete); the tail holds the LOOKBACK rows their windows need
-    keep_old = old.groupby("instrument").tail(alpha158.LOOKAHEAD)[KEY]
-    emit = (keep_old.groupby("instrument").size()
-            .add(grid_new.groupby("instrument").size(), fill_value=0).astype(int))
-    alpha = alpha158.compute_alpha158_tail(series, emit.to_dict())
+    # the series carries the indicators too: cached rows have theirs, new calendar
+    # rows get the updated ones (NaN where the day has no bar), so the emitted rows
+    # and the new tail take them by position instead of joining on the key
     picked = {i: states[i] for i in names}
     ind_new, new_states = indicators.update_indicators(picked, new_bars, fs.params)
     ind_cols = fs.indicator_columns
-    ind_old = old.merge(keep_old, on=KEY, how="inner")[KEY + ind_cols]
-    ind = pd.concat([ind_old, ind_new[KEY + ind_cols]], ignore_index=True)
-    features = _assemble(alpha, ind, fs, data_version)
-    full_ind = pd.concat([old[KEY + ind_cols], ind_new[KEY + ind_cols]], ignore_index=True)
-    new_tail = _tail(series, full_ind, fs)
+    grid_new = grid_new.merge(ind_new[KEY + ind_cols], on=KEY, how="left")
+    series = pd.concat([old[KEY + VALUE_COLUMNS + ind_cols], grid_new])
+    series = series.sort_values(KEY, kind="stable").reset_index(drop=True)
+    # emit: the new rows and the LOOKAHEAD cached rows before them (whose label the
+    # new closes complete); the tail holds the LOOKBACK rows their windows need
+    emit = (old.groupby("instrument").size().clip(upper=alpha158.LOOKAHEAD)
+            .add(grid_new.groupby("instrument").size(), fill_value=0).astype(int))
+    alpha = alpha158.compute_alpha158_tail(series, emit.to_dict())  # keeps series' index
+    features = _features(pd.concat([alpha, series.loc[alpha.index, ind_cols]], axis=1),
+                         fs, data_version)
+    new_tail = series.groupby("instrument", sort=False).tail(tail_length()).reset_index(
+        drop=True)
     added = grid_new.groupby("instrument").size()
     new_meta = meta.loc[names].copy()
     new_meta["data_version"] = data_version
@@ -94,7 +96,12 @@ def compute_append(new_bars: pd.DataFrame, tail: pd.DataFrame, states: dict[str,
 
 def _assemble(alpha: pd.DataFrame, ind: pd.DataFrame, fs: FeatureSet,
               data_version: int) -> pd.DataFrame:
-    frame = alpha.merge(ind[KEY + fs.indicator_columns], on=KEY, how="left")
+    return _features(alpha.merge(ind[KEY + fs.indicator_columns], on=KEY, how="left"),
+                     fs, data_version)
+
+
+def _features(frame: pd.DataFrame, fs: FeatureSet, data_version: int) -> pd.DataFrame:
+    """Rows with Alpha158, label and indicator columns -> the features table's layout."""
     out = pd.concat([
         frame[KEY],
         frame[fs.alpha_columns + [fs.label]].astype(np.float32),
