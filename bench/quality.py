@@ -1,7 +1,8 @@
 """Test-segment quality of each model type on the real data, and Qlib's default
 LightGBM workflow on the same bars, in the same run.
 
-    python bench/quality.py [--models lightgbm,xgboost,...] [--epochs 5]
+    python bench/quality.py [--models lightgbm,xgboost,...] [--epochs 5] [--no-qlib]
+                            [--feature-ic]
 
 Data: sp500_5yr_dev.parquet (241 stocks, 2015-01-12 .. 2020-01-10; 4 bad rows
 quarantined). Segments: train 2015-01-12..2017-12-29, valid 2018, test
@@ -95,6 +96,36 @@ def qlib_default(bars, work: Path, segments: dict) -> dict:
             "test_rank_icir": _r(s["rank_icir"])}
 
 
+def feature_rank_ics(settings, segments: dict) -> list[dict]:
+    """Each Alpha158 feature's own mean daily RankIC with the label, on valid and
+    test: how much of a signal there is to learn, and whether valid predicts test."""
+    from cluster.features.alpha158 import ALPHA158_NAMES
+    from cluster.training.engine import load_features
+    from cluster.training.metrics import daily_ic
+    frame = load_features(settings).frame.rename(columns={"date": "datetime"}).set_index(
+        ["datetime", "instrument"])
+    ics = {}
+    for seg in ("valid", "test"):
+        start, end = segments[seg]
+        part = frame.loc[(frame.index.get_level_values("datetime") >= start)
+                         & (frame.index.get_level_values("datetime") <= end)]
+        ics[seg] = {f: float(daily_ic(part[f], part["LABEL0"], "spearman").mean())
+                    for f in ALPHA158_NAMES}
+    import pandas as pd
+    table = pd.DataFrame(ics)
+    by_valid = table["valid"].abs().sort_values(ascending=False).index[:5]
+    by_test = table["test"].abs().sort_values(ascending=False).index[:5]
+    return [
+        {"feature_ic": "valid vs test, across the 158 features",
+         "correlation": _r(table["valid"].corr(table["test"])),
+         "features_with_abs_test_rank_ic_ge_0.02": int((table["test"].abs() >= 0.02).sum())},
+        {"strongest_on_valid (valid, test)": {f: [_r(table.at[f, "valid"]),
+                                                  _r(table.at[f, "test"])] for f in by_valid}},
+        {"strongest_on_test (valid, test)": {f: [_r(table.at[f, "valid"]),
+                                                 _r(table.at[f, "test"])] for f in by_test}},
+    ]
+
+
 def _r(x):
     return None if x is None else round(float(x), 4)
 
@@ -105,6 +136,8 @@ def main() -> None:
     p.add_argument("--models", default=",".join(sorted(MODEL_TYPES)))
     p.add_argument("--epochs", type=int, default=5, help="cap for torch models")
     p.add_argument("--no-qlib", action="store_true")
+    p.add_argument("--feature-ic", action="store_true",
+                   help="also each feature's own RankIC on valid and test")
     args = p.parse_args()
 
     from cluster.config import load_settings
@@ -131,6 +164,9 @@ def main() -> None:
             rows.append({"best_ours": best["model"], "best_rank_ic": best["test_rank_ic"],
                          "qlib_rank_ic": base["test_rank_ic"],
                          "difference": _r(best["test_rank_ic"] - base["test_rank_ic"])})
+    if args.feature_ic:
+        rows += feature_rank_ics(settings, purge_segments(REAL_DATA_SEGMENTS,
+                                                          bars["date"].unique()))
     shutil.rmtree(work, ignore_errors=True)
     report("quality: test segment (2019-01-01..2020-01-10), 241 stocks", rows)
 
