@@ -38,6 +38,7 @@ class BarsTable:
     def __init__(self, lake_dir: Path):
         self.path = tables.table_path(lake_dir, "bars")
         self._pinned: DeltaTable | None = None
+        self._pinned_files: dict[str, list[str]] | None = None  # files() of the pin
 
     def pinned(self, version: int | None = None) -> "BarsTable":
         """A read-only view of this table as of ``version`` (latest when None), whose
@@ -105,13 +106,20 @@ class BarsTable:
         return frame[BAR_COLUMNS + ["change", "version"]].sort_values(KEY).reset_index(drop=True)
 
     def files(self, version: int | None = None) -> dict[str, list[str]]:
-        """The data files of a version, by instrument (absolute paths), from the log."""
-        actions = tables.add_actions(self._open(version))
+        """The data files of a version, by instrument (absolute paths), from the log.
+        A pinned view lists its version's files once (a daily-ingested table holds a
+        file per instrument per day; a run asks for them up to three times)."""
+        dt = self._open(version)
+        if dt is self._pinned and self._pinned_files is not None:
+            return self._pinned_files
+        actions = tables.add_actions(dt)
         out: dict[str, list[str]] = {}
         root = str(self.path)
         for path, inst in zip(actions.column("path").to_pylist(),
                               actions.column("partition.instrument").to_pylist()):
             out.setdefault(inst, []).append(f"{root}/{path}")
+        if dt is self._pinned:
+            self._pinned_files = out
         return out
 
     def calendar(self, version: int | None = None) -> pd.DatetimeIndex:
@@ -126,9 +134,7 @@ class BarsTable:
         return pd.DatetimeIndex(np.sort(days))
 
     def instruments(self, version: int | None = None) -> list[str]:
-        dt = self._open(version)
-        actions = tables.add_actions(dt)
-        return sorted(set(actions.column("partition.instrument").to_pylist()))
+        return sorted(self.files(version))
 
     def stats(self, version: int | None = None) -> dict:
         """Rows, instruments and date range of a version, from the log alone."""
