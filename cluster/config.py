@@ -98,8 +98,8 @@ class ApiSettings(_Section):
 class ServingSettings(_Section):
     replica_num_cpus: float = Field(0.25, gt=0)
     num_replicas: int = Field(1, ge=1)
-    predictions_flush_rows: int = Field(500, ge=1)
-    predictions_flush_seconds: float = Field(2.0, gt=0)
+    predictions_flush_rows: int = Field(20_000, ge=1)
+    predictions_flush_seconds: float = Field(5.0, gt=0)
 
 
 class Settings(BaseSettings):
