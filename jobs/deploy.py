@@ -11,8 +11,8 @@ traffic step by step; a failed gate rolls back to the last stable version.
 
 Ray: joins RAY_ADDRESS (as under ``ray job submit``) or a running local cluster
 (``ray start --head``); with neither it starts a local head (free ports, so it
-can sit beside other clusters; Serve's high-throughput mode
-``RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_THROUGHPUT_OPTIMIZED=1`` unless set) and
+can sit beside other clusters; Serve's high-throughput mode, the variables of
+``serving.ray_env``, unless set) and
 leaves it and Serve running (``ray stop`` ends them). The HTTP API listens on
 ``api.host:api.port`` (default 127.0.0.1:8000).
 
@@ -95,9 +95,8 @@ def start_local_head(num_cpus: int | None = None) -> None:
     may belong to another Ray on the machine), with our settings in its env."""
     from serving.clients import mlops_env
     ray_bin = str(Path(sys.executable).with_name("ray"))
-    env = dict(os.environ, **mlops_env())
-    env.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")          # Serve's high-throughput mode
-    env.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
+    from serving.ray_env import with_serve_env
+    env = with_serve_env(dict(os.environ, **mlops_env()))     # Serve's fast mode
     env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     cmd = [ray_bin, "start", "--head", "--disable-usage-stats", "--include-dashboard=false",

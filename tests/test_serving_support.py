@@ -339,3 +339,12 @@ def test_tokens_roles_and_audit(tmp_path):
     assert record["who"].startswith("operator:") and "t-o" not in record["who"]
     assert {"time", "who", "action", "result"} <= set(record)
 
+
+def test_serve_env_fills_in_what_is_unset_and_caps_haproxy_threads():
+    from serving.ray_env import HAPROXY_MAX_THREADS, serve_env, with_serve_env
+    assert serve_env(2)["RAY_SERVE_HAPROXY_NBTHREAD"] == "2"
+    assert serve_env(64)["RAY_SERVE_HAPROXY_NBTHREAD"] == str(HAPROXY_MAX_THREADS)
+    env = with_serve_env({"RAY_SERVE_ENABLE_HA_PROXY": "0", "OTHER": "x"}, 1)
+    assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "0", "a variable already set wins"
+    assert env["RAY_SERVE_HAPROXY_METRICS_ENABLED"] == "0" and env["OTHER"] == "x"
+    assert env["RAY_SERVE_HAPROXY_NBTHREAD"] == "1"
