@@ -10,9 +10,10 @@ concurrent connections from one asyncio client on loopback, for a bounded time
   (b) our Serve app (``serving.deployment``) serving one version;
   (c) our Serve app during a live 90/10 canary (two versions, gates running).
 
-Ray: a local Ray (``num_cpus=2``) in Serve's high-throughput mode unless the
-variables are set otherwise: ``RAY_SERVE_ENABLE_HA_PROXY=1`` (HAProxy in front
-of the replicas' direct ingress) and ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1``;
+Ray: a local Ray (``num_cpus=2``) started with the Serve variables of
+``serving.ray_env`` unless they are set otherwise (HAProxy in front of the
+replicas' direct ingress, throughput-optimized replicas, no per-request
+HAProxy log parsing, 2 HAProxy threads);
 ``--replicas`` ingress replicas of ``serving.replica_num_cpus`` CPUs. The bare
 app runs with ``OMP_NUM_THREADS=1``, as Ray runs fractional-CPU replicas.
 Prints ratios to (a); target: (c) >= 50% of (a)'s requests/s, p99 <= 10 ms.
@@ -204,11 +205,11 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="bench_serve_"))
     os.environ.update(MLOPS_HOME=str(home), MLOPS_API_TOKENS=f"viewer:{TOKEN},operator:{OPERATOR}",
                       RAY_USAGE_STATS_ENABLED="0")
-    # Ray Serve's documented high-throughput mode: HAProxy ingress + throughput-optimized
-    # replicas (user code on the replica's own loop, buffered request logs). Override
-    # either variable to measure without it.
-    os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
-    os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
+    # The Serve variables the product starts Ray with (serving.ray_env: HAProxy ingress,
+    # throughput-optimized replicas, replicas recording the HTTP metrics). Set any of
+    # them to measure without it.
+    from serving.ray_env import serve_env, with_serve_env
+    with_serve_env(os.environ, 2)
     from cluster.config import get_settings
     from cluster.registry.store import ModelRegistry
     (v1, v2), row = train_two_versions(home)
@@ -250,7 +251,8 @@ def main() -> None:
             control.call_sync("deploy", v2, "canary", None, [10, 100], 3600.0,
                               {"min_requests": 10**9}, "bench")
             wait_state(control, ("canary",))
-            time.sleep(1.0)     # every replica has picked the split up (sync every 0.2 s)
+            # every replica has picked the split up (each syncs every sync_interval_s)
+            time.sleep(2 * get_settings().serving.sync_interval_s)
             rows["c"].append(load(serve_port, body, args.seconds, args.connections))
             control.call_sync("rollback", "bench", "bench round over")
     finally:
@@ -267,8 +269,7 @@ def main() -> None:
     settings = get_settings()
     setup = (f"{args.connections} connections, {args.seconds:g}s per run, "
              f"{args.replicas} replicas x {settings.serving.replica_num_cpus} CPU, "
-             f"RAY_SERVE_ENABLE_HA_PROXY={os.environ.get('RAY_SERVE_ENABLE_HA_PROXY')}, "
-             f"RAY_SERVE_THROUGHPUT_OPTIMIZED={os.environ.get('RAY_SERVE_THROUGHPUT_OPTIMIZED')}")
+             + ", ".join(f"{k}={os.environ.get(k)}" for k in serve_env(2)))
     canary_share = c["versions"].get(v2, 0) / max(1, sum(c["versions"].values()))
     report(f"serve: one LightGBM row per request ({setup})", [
         {"what": "(a) bare FastAPI + uvicorn", **{k: a[k] for k in ("req_s", "p50_ms", "p99_ms",
@@ -283,6 +284,7 @@ def main() -> None:
          "target": "ratio >= 0.5, p99 <= 10 ms"},
         {"what": "all rounds req/s", "a": [r["req_s"] for r in rows["a"]],
          "b": [r["req_s"] for r in rows["b"]], "c": [r["req_s"] for r in rows["c"]],
+         "p99_c": [r["p99_ms"] for r in rows["c"]],
          "median_ratio_c": round(statistics.median(r["req_s"] for r in rows["c"])
                                  / statistics.median(r["req_s"] for r in rows["a"]), 3)},
     ])

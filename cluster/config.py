@@ -100,6 +100,12 @@ class ServingSettings(_Section):
     num_replicas: int = Field(1, ge=1)
     predictions_flush_rows: int = Field(20_000, ge=1)
     predictions_flush_seconds: float = Field(5.0, gt=0)
+    # How often a replica sends its statistics and asks for policy changes (one Ray
+    # actor call each), and whether Serve logs one access line per request (~5% of a
+    # replica's CPU, profiled; every prediction is in the predictions table anyway).
+    # Both together, against 0.2 s and on: bench p99 7.7-8.6 ms instead of 9.7-12.2.
+    sync_interval_s: float = Field(1.0, gt=0)
+    access_log: bool = False
 
 
 class Settings(BaseSettings):

@@ -2,11 +2,11 @@
 
 It holds the desired state (the versions to keep loaded, the traffic policy,
 the stable version and the warm standby) under a revision number. Replicas call
-``sync`` a few times a second: they send the revision they have applied, which
-versions they hold (or why one failed to load) and their statistics since the
-last call, and get the desired state back when it moved on. A rollout first
-asks replicas to load the new version at weight 0 and waits until every live
-replica reports it loaded and healthy; only then does traffic reach it.
+``sync`` every ``serving.sync_interval_s`` (1 s): they send the revision they have
+applied, which versions they hold (or why one failed to load) and their
+statistics since the last call, and get the desired state back when it moved on.
+A rollout first asks replicas to load the new version at weight 0 and waits until
+every live replica reports it loaded and healthy; only then does traffic reach it.
 
 Plain Python (threads, no Ray): in process it is called directly, on a cluster
 it runs as one named, detached Ray actor (``serving.actor``). The desired state

@@ -31,10 +31,12 @@ class ModelServer:
     """Each replica syncs with the deployment's control-plane actor, loads the
     versions it names, and serves them behind the FastAPI routes of ``create_app``."""
 
-    def __init__(self, deployment: str = DEFAULT_DEPLOYMENT, sync_interval_s: float = 0.2):
+    def __init__(self, deployment: str = DEFAULT_DEPLOYMENT, sync_interval_s: float | None = None):
+        from cluster.config import get_settings
         from serving.clients import ActorControl, control_actor
-        self.runtime = ServingRuntime(ActorControl(control_actor(deployment)),
-                                      deployment=deployment, sync_interval_s=sync_interval_s)
+        self.runtime = ServingRuntime(
+            ActorControl(control_actor(deployment)), deployment=deployment,
+            sync_interval_s=sync_interval_s or get_settings().serving.sync_interval_s)
 
     def __serve_build_asgi_app__(self):
         # The app's lifespan starts the runtime: the first sync (and model loads)
@@ -56,17 +58,26 @@ def build_app(deployment: str = DEFAULT_DEPLOYMENT, num_replicas: int | None = N
     options = {"num_cpus": num_cpus or serving.replica_num_cpus,
                "runtime_env": {"env_vars": {**mlops_env(), **(env or {})}}}
     return ModelServer.options(num_replicas=num_replicas or serving.num_replicas,
-                               ray_actor_options=options).bind(deployment)
+                               ray_actor_options=options,
+                               logging_config=_logging_config()).bind(deployment)
+
+
+def _logging_config() -> dict:
+    from cluster.config import get_settings
+    return {"enable_access_log": get_settings().serving.access_log}
 
 
 def app_builder(args: dict):
     """For ``serve deploy`` / ``serve run``: ``import_path: serving.deployment:app_builder``
-    with optional ``args: {deployment: NAME, sync_interval_s: S}``. Replica count and
-    CPUs come from the config file's ``deployments`` section."""
+    with optional ``args: {deployment: NAME, sync_interval_s: S}`` (default: the
+    ``serving.sync_interval_s`` setting). Replica count and CPUs come from the config
+    file's ``deployments`` section; so does ``logging_config`` when it is there
+    (otherwise the access log follows ``serving.access_log``)."""
     args = dict(args or {})
     unknown = set(args) - {"deployment", "sync_interval_s"}
     if unknown:
         raise ValueError(f"unknown argument(s) {sorted(unknown)}; "
                          "allowed: deployment, sync_interval_s")
-    return ModelServer.bind(args.get("deployment", DEFAULT_DEPLOYMENT),
-                            float(args.get("sync_interval_s", 0.2)))
+    interval = args.get("sync_interval_s")
+    return ModelServer.options(logging_config=_logging_config()).bind(
+        args.get("deployment", DEFAULT_DEPLOYMENT), float(interval) if interval else None)

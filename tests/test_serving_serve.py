@@ -33,6 +33,7 @@ def test_serve_config_file_is_a_valid_deploy_config():
     assert (module, attr) == ("serving.deployment", "app_builder")
     (dep,) = app.deployments
     assert dep.name == INGRESS_NAME and dep.ray_actor_options.num_cpus == 0.25
+    assert dep.logging_config.enable_access_log is False
     built = app_builder(app.args)
     assert built._bound_deployment.name == INGRESS_NAME
     with pytest.raises(ValueError, match="unknown argument"):
