@@ -32,11 +32,9 @@ class ModelServer:
     versions it names, and serves them behind the FastAPI routes of ``create_app``."""
 
     def __init__(self, deployment: str = DEFAULT_DEPLOYMENT, sync_interval_s: float | None = None):
-        from cluster.config import get_settings
         from serving.clients import ActorControl, control_actor
-        self.runtime = ServingRuntime(
-            ActorControl(control_actor(deployment)), deployment=deployment,
-            sync_interval_s=sync_interval_s or get_settings().serving.sync_interval_s)
+        self.runtime = ServingRuntime(ActorControl(control_actor(deployment)),
+                                      deployment=deployment, sync_interval_s=sync_interval_s)
 
     def __serve_build_asgi_app__(self):
         # The app's lifespan starts the runtime: the first sync (and model loads)

@@ -61,14 +61,15 @@ class Answer:
 
 class ServingRuntime:
     def __init__(self, control, settings: Settings | None = None, replica_id: str | None = None,
-                 deployment: str = DEFAULT_DEPLOYMENT, sync_interval_s: float = 0.2, sink: PredictionSink | None = None,
+                 deployment: str = DEFAULT_DEPLOYMENT, sync_interval_s: float | None = None,
+                 sink: PredictionSink | None = None,
                  reader: FeatureReader | None = None, registry=None):
         self.control = control
         self.deployment = deployment
         self.settings = settings or get_settings()
         self.replica_id = replica_id or f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.sync_interval_s = sync_interval_s
         serving = self.settings.serving
+        self.sync_interval_s = sync_interval_s or serving.sync_interval_s
         self.sink = sink or PredictionSink(self.settings.lake_dir, serving.predictions_flush_rows,
                                            serving.predictions_flush_seconds)
         self.reader = reader or FeatureReader(self.settings.lake_dir)
