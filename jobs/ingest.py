@@ -22,6 +22,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--stocks", type=int, default=50, help="synthetic: number of stocks")
     p.add_argument("--days", type=int, default=500, help="synthetic: trading days")
     p.add_argument("--seed", type=int, default=0, help="synthetic: random seed")
+    p.add_argument("--regime-shift-at", type=float, default=None, metavar="F",
+                   help="synthetic: after fraction F of the days volatility doubles and the "
+                   "learnable signal flips sign (summary: regime_shift_day)")
     p.add_argument("--on-error", choices=["fail", "quarantine"], default=None,
                    help="fail (default): refuse the input; quarantine: land good rows, "
                    "keep bad rows in the quarantine table")
@@ -31,7 +34,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     return ingest(args.source, args.format, args.on_error, stocks=args.stocks, days=args.days,
-                  seed=args.seed, show_progress=True)
+                  seed=args.seed, regime_shift_at=args.regime_shift_at, show_progress=True)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 def ingest(source: str, fmt: str = "auto", on_error: str | None = None, *,
            stocks: int = 50, days: int = 500, seed: int = 0,
+           regime_shift_at: float | None = None,
            settings: Settings | None = None, bus: EventBus | None = None,
            show_progress: bool = False) -> dict:
     """Returns the JSON summary ``jobs.ingest`` prints. Raises DataError on refusal."""
@@ -38,7 +39,8 @@ def ingest(source: str, fmt: str = "auto", on_error: str | None = None, *,
     units = count_units(source, fmt)
     with progress_bar(total=units, desc=f"reading {fmt}", unit="file",
                       enabled=show_progress and units > 1) as bar:
-        raw = read_source(source, fmt, stocks=stocks, days=days, seed=seed, progress=bar)
+        raw = read_source(source, fmt, stocks=stocks, days=days, seed=seed, progress=bar,
+                          regime_shift_at=regime_shift_at)
     checked = validate(raw, settings.ingest.range_tolerance)
     if on_error == "fail":
         error = first_error(raw, checked)
@@ -70,7 +72,7 @@ def ingest(source: str, fmt: str = "auto", on_error: str | None = None, *,
                 data_version=result.data_version, instruments=result.instruments_changed,
                 start=result.start.date(), end=result.end.date(), rows_added=result.rows_added,
                 rows_restated=result.rows_restated, source=raw.source))
-    return {
+    summary = {
         "data_version": version if version is not None else -1,
         "rows_added": result.rows_added if result else 0,
         "rows_restated": result.rows_restated if result else 0,
@@ -87,3 +89,7 @@ def ingest(source: str, fmt: str = "auto", on_error: str | None = None, *,
         "lake": str(Path(lake)),
         "seconds": round(time.perf_counter() - started, 3),
     }
+    if fmt == "synthetic":
+        from cluster.sources.synthetic import regime_shift_day
+        summary["regime_shift_day"] = regime_shift_day(days, regime_shift_at)
+    return summary

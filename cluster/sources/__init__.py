@@ -58,13 +58,17 @@ def count_units(source: str, fmt: str) -> int:
 
 
 def read_source(source: str, fmt: str = "auto", *, stocks: int = 50, days: int = 500,
-                seed: int = 0, progress=None) -> RawBars:
+                seed: int = 0, progress=None, regime_shift_at: float | None = None) -> RawBars:
     fmt = detect_format(source) if fmt == "auto" else fmt
+    if regime_shift_at is not None and fmt != "synthetic":
+        raise ValueError("--regime-shift-at applies to the synthetic source only")
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; one of {FORMATS}")
     if fmt == "synthetic":
-        frame = synthetic_market(stocks, days, seed)
+        frame = synthetic_market(stocks, days, seed, regime_shift_at=regime_shift_at)
         label = f"synthetic(stocks={stocks},days={days},seed={seed})"
+        if regime_shift_at is not None:
+            label = label[:-1] + f",regime_shift_at={regime_shift_at:g})"
         frame["_file"] = label
         frame["_row"] = np.arange(len(frame), dtype=np.int64)
         return RawBars(frame=frame, kind="yahoo", source=label, row_kind={label: "row"}, files=1)

@@ -2,7 +2,12 @@
 
 - returns load on a market factor and a sector factor (correlated stocks);
 - a two-state volatility regime (calm / turbulent, Markov switching);
-- a weak weekly reversal, so there is something for a model to learn;
+- one explicit *learnable signal* component of returns, predictable from past
+  bars only: by default a weak weekly reversal (:func:`reversal_signal`), so
+  there is something for a model to learn;
+- optionally a regime shift (``regime_shift_at=F``): from trading day
+  ``int(F * n_days)`` on, every volatility doubles and the learnable signal
+  flips sign, so a model trained before it decays and its inputs drift;
 - volume that rises with |return| and with the regime;
 - occasional splits: raw prices drop by the ratio, and ``Adj Close`` is the
   raw close divided by the product of later split ratios, as Yahoo publishes
@@ -26,11 +31,40 @@ def trading_days(n_days: int, start: str = "2015-01-05") -> pd.DatetimeIndex:
     return pd.bdate_range(start=start, periods=n_days)
 
 
+def reversal_signal(recent: np.ndarray) -> np.ndarray:
+    """The built-in learnable signal: minus a fraction of the last week's mean return.
+    Written as ``-(R * mean)`` so that adding it equals the original ``- R * mean``
+    bit for bit (the default market stays identical)."""
+    return -(REVERSAL * recent.mean(axis=0))
+
+
+def regime_shift_index(n_days: int, regime_shift_at: float | None) -> int | None:
+    """First trading day (0-based) of the shifted regime, or None without a shift."""
+    if regime_shift_at is None:
+        return None
+    f = float(regime_shift_at)
+    if not 0.0 < f < 1.0:
+        raise ValueError(f"regime_shift_at must be a fraction in (0, 1), got {regime_shift_at}")
+    return min(max(int(f * n_days), 1), n_days - 1)
+
+
+def regime_shift_day(n_days: int, regime_shift_at: float | None,
+                     start: str = "2015-01-05") -> str | None:
+    """The shift's first trading day as YYYY-MM-DD (None without a shift)."""
+    idx = regime_shift_index(n_days, regime_shift_at)
+    return None if idx is None else trading_days(n_days, start)[idx].strftime("%Y-%m-%d")
+
+
 def synthetic_market(n_stocks: int = 50, n_days: int = 500, seed: int = 0,
-                     start: str = "2015-01-05") -> pd.DataFrame:
-    """Yahoo-format frame: Date, High, Low, Open, Close, Volume, Adj Close, Name."""
+                     start: str = "2015-01-05",
+                     regime_shift_at: float | None = None) -> pd.DataFrame:
+    """Yahoo-format frame: Date, High, Low, Open, Close, Volume, Adj Close, Name.
+
+    ``regime_shift_at=F``: from day ``int(F * n_days)`` on, volatility doubles (market,
+    sector and idiosyncratic) and the learnable signal flips sign."""
     if n_stocks < 1 or n_days < 1:
         raise ValueError("n_stocks and n_days must be positive")
+    shift_at = regime_shift_index(n_days, regime_shift_at)
     days = trading_days(n_days, start)
     p = _stock_params(n_stocks, seed)
     n = n_stocks
@@ -50,14 +84,20 @@ def synthetic_market(n_stocks: int = 50, n_days: int = 500, seed: int = 0,
         u, market_z = rng.random(), rng.standard_normal()
         turbulent = (u < 0.02) if not turbulent else (u >= 0.08)
         vol_mult = 2.2 if turbulent else 1.0
+        shifted = shift_at is not None and t >= shift_at
+        if shifted:
+            vol_mult *= 2.0
         market = 0.0003 + 0.008 * vol_mult * market_z
         sectors = 0.005 * vol_mult * rng.standard_normal(N_SECTORS)
         eps, gap_z, wick_hi, wick_lo, vol_noise, split_u, split_pick = noise[:, t, :].T
         wick = np.abs(np.vstack([wick_hi, wick_lo]))
         split_ratio = np.array([2.0, 3.0, 1.5])[np.minimum((split_pick * 3).astype(int), 2)]
 
+        signal = reversal_signal(recent)
+        if shifted:
+            signal = -signal
         ret = (p["beta"] * market + p["sector_beta"] * sectors[p["sector"]]
-               - REVERSAL * recent.mean(axis=0) + p["idio"] * vol_mult * eps)
+               + signal + p["idio"] * vol_mult * eps)
         ret = np.clip(ret, -0.5, 0.5)
         recent = np.roll(recent, 1, axis=0)
         recent[0] = ret
