@@ -83,9 +83,12 @@ class ControlPlane:
     # -- replicas ----------------------------------------------------------
     def desired(self) -> dict:
         with self._lock:
+            rollout = self.rollout.status if self.rollout is not None else self.last_rollout
             return {"deployment": self.deployment, "revision": self.revision,
                     "versions": list(self.versions), "stable": self.stable,
-                    "policy": self.policy.to_dict() if self.policy else None}
+                    "policy": self.policy.to_dict() if self.policy else None,
+                    # replicas record it with every prediction (A/B analysis, "served on")
+                    "rollout": (rollout or {}).get("id")}
 
     def sync(self, replica_id: str, revision: int, loaded: dict[str, str],
              stats: dict | None = None) -> dict | None:

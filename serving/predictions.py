@@ -19,46 +19,28 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from datetime import date as Date
 from pathlib import Path
 
 import pyarrow as pa
-from deltalake import DeltaTable, write_deltalake
+from deltalake import DeltaTable
 from deltalake.exceptions import CommitFailedError
 
-from cluster.lake import tables
+from cluster.lake import predictions as predictions_table
 
 log = logging.getLogger(__name__)
 
-SCHEMA = pa.schema([
-    ("time", pa.timestamp("us", tz="UTC")),
-    ("request_id", pa.string()),
-    ("key", pa.string()),
-    ("version", pa.string()),
-    ("instrument", pa.string()),
-    ("date", pa.date32()),
-    ("data_version", pa.int64()),
-    ("output", pa.float64()),
-    ("latency_ms", pa.float64()),
-    ("shadow", pa.bool_()),
-])
-# A buffered row: the SCHEMA fields in order, time as epoch seconds, date as ISO text.
-Row = tuple
-
-
-def rows_table(rows: list[Row]) -> pa.Table:
-    cols = list(zip(*rows)) if rows else [[] for _ in SCHEMA]
-    times = pa.array([int(t * 1_000_000) for t in cols[0]], pa.int64()).cast(SCHEMA[0].type)
-    dates = pa.array([Date.fromisoformat(d) if d else None for d in cols[5]], pa.date32())
-    arrays = [times] + [pa.array(cols[i], SCHEMA[i].type) for i in range(1, 5)] + [dates] + \
-        [pa.array(cols[i], SCHEMA[i].type) for i in range(6, 10)]
-    return pa.Table.from_arrays(arrays, schema=SCHEMA)
+# The schema, its buffered-row form and the readers live with the table in cluster/.
+Row = predictions_table.Row
+SCHEMA = predictions_table.SCHEMA
+rows_table = predictions_table.rows_table
+read_predictions = predictions_table.read_predictions
 
 
 class PredictionSink:
     def __init__(self, lake_dir: Path, flush_rows: int = 20_000, flush_seconds: float = 5.0,
                  max_buffer: int = 200_000):
-        self.path = tables.table_path(lake_dir, "predictions")
+        self.lake_dir = Path(lake_dir)
+        self.path = predictions_table.path(lake_dir)
         self.flush_rows = flush_rows
         self.flush_seconds = flush_seconds
         self.max_buffer = max_buffer
@@ -107,10 +89,7 @@ class PredictionSink:
         # conflict on content, only on the log entry's number).
         for attempt in range(attempts):
             try:
-                if self._table is None and tables.exists(self.path):
-                    self._table = DeltaTable(str(self.path))
-                write_deltalake(self._table if self._table is not None else str(self.path),
-                                table, mode="append")
+                self._table = predictions_table.append(self.lake_dir, table, self._table)
                 return
             except Exception as exc:
                 self._table = None      # reopen on the next try: the handle may be stale
@@ -132,10 +111,3 @@ class PredictionSink:
             self._thread = None
         self.flush()
 
-
-def read_predictions(lake_dir: Path):
-    """The predictions table as a DataFrame (empty when nothing was written yet)."""
-    path = tables.table_path(lake_dir, "predictions")
-    table = (pa.table(tables.open_table(path).to_pyarrow_table()) if tables.exists(path)
-             else SCHEMA.empty_table())
-    return table.to_pandas(date_as_object=False)

@@ -48,6 +48,7 @@ class Snapshot:
     versions: dict[str, LoadedVersion] = field(default_factory=dict)
     stable: LoadedVersion | None = None
     shadows: tuple[LoadedVersion, ...] = ()
+    rollout: str | None = None          # the rollout (experiment) id of this policy
 
 
 @dataclass
@@ -174,7 +175,8 @@ class ServingRuntime:
         versions = {m: self._loaded[m] for m in wanted if m in self._loaded}
         shadows = tuple(versions[v] for v in (policy.shadow if policy else ()) if v in versions)
         self.snapshot = Snapshot(int(desired["revision"]), policy, versions,
-                                 versions.get(desired.get("stable")), shadows)
+                                 versions.get(desired.get("stable")), shadows,
+                                 desired.get("rollout"))
 
     # -- the request path --------------------------------------------------
     def _choose(self, snap: Snapshot, key: str | None) -> LoadedVersion:
@@ -201,19 +203,23 @@ class ServingRuntime:
             log.debug("%s failed (%s); %s answered", chosen.model_id, exc, snap.stable.model_id)
             return out, snap.stable
 
+    # A recorded row is a tuple in the predictions SCHEMA's order (cluster/lake/
+    # predictions.py): building it is the only per-row work on the request path.
     def predict_rows(self, rows: list[dict], key: str | None = None,
                      data_version: int | None = None) -> Answer:
         t0 = time.perf_counter()
         snap = self.snapshot
-        out, used = self._answer(snap, self._choose(snap, key), lambda v: v.matrix_from_rows(rows))
+        chosen = self._choose(snap, key)
+        out, used = self._answer(snap, chosen, lambda v: v.matrix_from_rows(rows))
         latency = (time.perf_counter() - t0) * 1000.0
         self.stats.get(used.model_id).ok(latency)
         rid, now, preds = uuid.uuid4().hex, time.time(), out.tolist()
-        self.sink.add([(now, rid, key, used.model_id, None, None, data_version, p, latency, False)
-                       for p in preds])
+        tail = (None, chosen.model_id, snap.rollout, snap.revision, "served")
+        self.sink.add([(now, rid, key, used.model_id, None, None, data_version, p, latency,
+                        False, *tail) for p in preds])
         for shadow in snap.shadows:
             self._shadow(shadow, lambda v: v.matrix_from_rows(rows), rid, key, None, None,
-                         [data_version] * len(rows))
+                         [data_version] * len(rows), snap)
         return Answer(used.model_id, preds, rid, latency, data_version)
 
     def read_inputs(self, instruments: list[str], date) -> CrossSection:
@@ -224,29 +230,35 @@ class ServingRuntime:
 
     def predict_cross_section(self, cs: CrossSection, key: str | None, t0: float) -> Answer:
         snap = self.snapshot
-        out, used = self._answer(snap, self._choose(snap, key), lambda v: cs.matrix(v.features))
+        chosen = self._choose(snap, key)
+        out, used = self._answer(snap, chosen, lambda v: cs.matrix(v.features))
         latency = (time.perf_counter() - t0) * 1000.0
         preds = out.tolist()
         stats = self.stats.get(used.model_id)
         stats.ok(latency)
         stats.realised(cs.date, cs.instruments, preds, cs.realised)
         rid, now, dvs = uuid.uuid4().hex, time.time(), cs.data_versions
-        self.sink.add([(now, rid, key, used.model_id, inst, cs.date, dv, p, latency, False)
-                       for inst, dv, p in zip(cs.instruments, dvs, preds)])
+        tail = (cs.features_version, chosen.model_id, snap.rollout, snap.revision, "served")
+        self.sink.add([(now, rid, key, used.model_id, inst, cs.date, dv, p, latency, False,
+                        *tail) for inst, dv, p in zip(cs.instruments, dvs, preds)])
         for shadow in snap.shadows:
-            self._shadow(shadow, lambda v: cs.matrix(v.features), rid, key, cs, cs.date, dvs)
+            self._shadow(shadow, lambda v: cs.matrix(v.features), rid, key, cs, cs.date, dvs,
+                         snap)
         data_version = max((d for d in dvs if d is not None), default=None)
         return Answer(used.model_id, preds, rid, latency, data_version)
 
     # -- shadows -----------------------------------------------------------
-    def _shadow(self, version: LoadedVersion, matrix_of, rid, key, cs, date, dvs) -> None:
+    def _shadow(self, version: LoadedVersion, matrix_of, rid, key, cs, date, dvs,
+                snap: Snapshot) -> None:
         if self._shadow_pending >= MAX_SHADOW_PENDING:
             self.shadow_dropped += 1        # never let shadows back up into serving
             return
         self._shadow_pending += 1
-        self._shadow_pool.submit(self._run_shadow, version, matrix_of, rid, key, cs, date, dvs)
+        self._shadow_pool.submit(self._run_shadow, version, matrix_of, rid, key, cs, date, dvs,
+                                 snap)
 
-    def _run_shadow(self, version: LoadedVersion, matrix_of, rid, key, cs, date, dvs) -> None:
+    def _run_shadow(self, version: LoadedVersion, matrix_of, rid, key, cs, date, dvs,
+                    snap: Snapshot) -> None:
         t0 = time.perf_counter()
         try:
             preds = version.predict(matrix_of(version)).tolist()
@@ -256,8 +268,10 @@ class ServingRuntime:
         latency = (time.perf_counter() - t0) * 1000.0
         instruments = cs.instruments if cs is not None else [None] * len(preds)
         now = time.time()
-        self.sink.add([(now, rid, key, version.model_id, inst, date, dv, p, latency, True)
-                       for inst, dv, p in zip(instruments, dvs, preds)])
+        tail = (cs.features_version if cs is not None else None, version.model_id,
+                snap.rollout, snap.revision, "shadow")
+        self.sink.add([(now, rid, key, version.model_id, inst, date, dv, p, latency, True,
+                        *tail) for inst, dv, p in zip(instruments, dvs, preds)])
         self._on_loop(self._shadow_done, version.model_id, preds, latency, cs)
 
     def _on_loop(self, fn, *args) -> None:

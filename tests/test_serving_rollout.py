@@ -84,6 +84,11 @@ def test_failing_canary_rolls_back_with_zero_failed_requests(stable, fault, gate
     assert states(settings, candidate, incumbent) == ["validated", "production"]
     if fault is FlakyModel:
         assert status["stats"][candidate]["errors"] > 0
+        # the chosen arm is recorded also when the stable version answered for it
+        runtime.sink.flush()
+        table = read_predictions(settings.lake_dir)
+        fell_back = table[(table.arm == candidate) & (table.version == incumbent)]
+        assert len(fell_back) > 0 and set(fell_back.rollout_id) == {status["rollout"]["id"]}
     # after the switch every request is answered by the stable version
     after = [client.post("/predict", json=row_body(i), headers=auth("viewer")) for i in range(20)]
     assert {(r.status_code, r.json()["version"]) for r in after} == {(200, incumbent)}
@@ -183,6 +188,11 @@ def test_shadow_answers_are_recorded_never_returned(stable):
         assert set(live.version) == {incumbent} and list(live.output) == pytest.approx(served)
         assert set(shadow.version) == {candidate} and len(shadow) == len(live)
         assert list(shadow.output) != pytest.approx(served), "shadow computed its own answers"
+        assert set(live.source) == {"served"} and set(shadow.source) == {"shadow"}
+        assert (live.arm == live.version).all() and live.revision.notna().all()
+        assert live.rollout_id.notna().all() and set(shadow.rollout_id) == set(live.rollout_id)
+        if live.instrument.notna().all():
+            assert live.features_version.notna().all()
     assert plane.status()["stats"][candidate]["errors"] == 0
     res = client.post(f"/api/deployments/{plane.deployment}/rollback", headers=auth("operator"))
     assert res.json()["state"] == "rolled_back" and res.json()["shadow"] == []
