@@ -64,6 +64,12 @@ def test_lightgbm_through_engine_registers_with_lineage(setup):
     assert any(e.type == "model_registered" for e in events)
     model = reg.load(result.registry_name, result.version, expected_feature_set="fs-test")
     assert np.isfinite(model.predict_array(np.zeros((2, 8), np.float32))).all()
+    # the training reference sample (drift, SHAP background): train-segment rows only
+    from cluster.monitoring.reference import REFERENCE_ROWS, load_reference
+    ref = load_reference(reg, result.registry_name, result.version)
+    train_end = rep["data"]["segments"]["train"][1]
+    assert list(ref.columns) == ["date", "instrument", *FEATURES]
+    assert 0 < len(ref) <= REFERENCE_ROWS and ref["date"].max() <= np.datetime64(train_end)
 
 
 @pytest.mark.parametrize("model_type,params", [

@@ -332,6 +332,7 @@ def _register(req: TuneRequest, best: dict, meta: dict, data: FeatureData,
 def _register_checkpoint(req, best, data, settings, name, lineage) -> dict:
     import pickle
     from cluster.events import ModelRegistered, get_bus
+    from cluster.monitoring.reference import reference_artefacts
     from cluster.registry.store import Lineage, ModelRegistry, code_version
     checkpoint = best["result"].checkpoint
     if checkpoint is None:
@@ -353,7 +354,9 @@ def _register_checkpoint(req, best, data, settings, name, lineage) -> dict:
                         segments=info.get("segments"), instruments=info.get("instruments"),
                         training_run=report.get("run_id"), **lineage),
         tags={"model_type": req.model_type,
-              "feature_columns": str(len(info.get("features", [])))})
+              "feature_columns": str(len(info.get("features", [])))},
+        artefacts=reference_artefacts(data.frame, info.get("segments") or {},
+                                      list(info.get("features", []))))
     get_bus(settings.lake_dir).publish(ModelRegistered(
         name=version.name, version=version.version, data_version=data.data_version,
         feature_set=data.feature_set))

@@ -133,9 +133,11 @@ class ModelRegistry:
     def register(self, name: str, model: Any, *, lineage: Lineage, report: dict,
                  config: dict, metrics: dict[str, float] | None = None,
                  params: dict | None = None, state: str = "trained", actor: str = "train",
-                 reason: str = "registered", tags: dict[str, str] | None = None
-                 ) -> ModelVersionInfo:
-        """Store the artefacts, record hashes and lineage, create the version in ``state``."""
+                 reason: str = "registered", tags: dict[str, str] | None = None,
+                 artefacts: dict[str, bytes] | None = None) -> ModelVersionInfo:
+        """Store the artefacts, record hashes and lineage, create the version in ``state``.
+        ``artefacts``: further named blobs stored and hashed the same way (e.g. the
+        training reference sample, ``cluster.monitoring.reference``)."""
         transition = make_transition(None, state, actor, reason)
         run = self.client.create_run(self.experiment_id, run_name=f"{name}-register",
                                      tags={"mlops.model_name": name})
@@ -144,7 +146,8 @@ class ModelRegistry:
         with tempfile.TemporaryDirectory() as tmp:
             blobs = {"model.pkl": pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL),
                      "report.json": json.dumps(report, indent=2, default=str).encode(),
-                     "config.json": _canonical_json(config).encode()}
+                     "config.json": _canonical_json(config).encode(),
+                     **(artefacts or {})}
             for fname, blob in blobs.items():
                 path = Path(tmp) / fname
                 path.write_bytes(blob)
@@ -229,6 +232,10 @@ class ModelRegistry:
         lin["config"] = self.artefact_json(name, version, "config.json")
         lin["model_id"] = info.model_id
         return lin
+
+    def artefact_bytes(self, name: str, version: str | int, artefact: str) -> bytes:
+        """One stored artefact's bytes, sha256-checked against registration."""
+        return self._verified_bytes(name, version, artefact)
 
     def artefact_json(self, name: str, version: str | int, artefact: str) -> dict:
         return json.loads(self._verified_bytes(name, version, artefact))

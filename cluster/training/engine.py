@@ -203,6 +203,7 @@ class TrainingEngine:
         return path
 
     def _register(self, request, model, report, data: FeatureData, extra: dict | None):
+        from cluster.monitoring.reference import reference_artefacts
         from cluster.registry.store import Lineage, ModelRegistry, code_version
         extra = dict(extra or {})
         lineage = Lineage(data_version=data.data_version, feature_set=data.feature_set,
@@ -218,7 +219,10 @@ class TrainingEngine:
                                  config=report["model_config"], metrics=flat,
                                  params=report["hyper_parameters"],
                                  tags={"model_type": request.model_type,
-                                       "feature_columns": str(len(report["data"]["features"]))})
+                                       "feature_columns": str(len(report["data"]["features"]))},
+                                 artefacts=reference_artefacts(data.frame,
+                                                               report["data"]["segments"],
+                                                               report["data"]["features"]))
         self.bus.publish(ModelRegistered(name=info.name, version=info.version,
                                          data_version=data.data_version,
                                          feature_set=data.feature_set),
