@@ -79,5 +79,10 @@ class LakeError(MlopsError):
     """A lake table is missing, or a version does not exist."""
 
 
+class LayoutError(LakeError):
+    """A lake table has the layout of an older release; ``jobs.maintain --migrate``
+    rewrites it."""
+
+
 class TrainingStopped(MlopsError):
     """A training run was stopped from outside (its stop flag was set)."""

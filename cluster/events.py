@@ -1,15 +1,20 @@
 """Typed events: publish/subscribe in process, persisted to an append-only table.
 
-Each persisted event is one commit of the ``events`` Delta table, whose change
-data feed gives every row its commit version: that version is the event's
-*offset*, so another process reads "everything after offset N" exactly, even
-when several writers publish at once.
+Each persisted event is one commit of the ``events`` Delta table, and its
+*offset* is that commit's version, written into the row itself: the commit is
+made at exactly the version the row names, or fails and is retried one version
+on (several writers may publish at once). Because the offset lives in the data,
+compaction and vacuum keep it: another process reads "every event after offset
+N" exactly once, in order, whatever maintenance did to the files in between.
+Offsets grow strictly but may skip numbers (maintenance commits have versions too).
 """
 from __future__ import annotations
 
 import json
 import logging
+import random
 import threading
+import time
 import uuid
 from collections import defaultdict
 from datetime import date, datetime, timezone
@@ -17,10 +22,14 @@ from pathlib import Path
 from typing import Annotated, Any, Callable, Literal, Union
 
 import pyarrow as pa
-from deltalake import write_deltalake
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+from deltalake import DeltaTable
 from pydantic import BaseModel, Field, TypeAdapter
 
-from cluster.lake import tables
+from cluster.errors import LakeError
+from cluster.lake import layout, tables
+from cluster.lake.registry import spec_for
 
 log = logging.getLogger(__name__)
 
@@ -93,15 +102,27 @@ class AlertRaised(Event):
     message: str = ""
 
 
-AnyEvent = Annotated[Union[DataSynced, FeaturesUpdated, TrainingProgress, ModelRegistered,
-                           DeploymentChanged, AlertRaised], Field(discriminator="type")]
-_ADAPTER = TypeAdapter(AnyEvent)
-EVENT_TYPES = [t.model_fields["type"].default for t in
-               (DataSynced, FeaturesUpdated, TrainingProgress, ModelRegistered,
-                DeploymentChanged, AlertRaised)]
+class LakeMaintained(Event):
+    """``jobs.maintain`` ran: per table, the steps done and files/bytes before and after."""
+    type: Literal["lake_maintained"] = "lake_maintained"
+    tables: dict[str, dict] = {}
+    steps: list[str] = []
+    dry_run: bool = False
+    seconds: float = 0.0
 
-SCHEMA = pa.schema([("id", pa.string()), ("type", pa.string()),
+
+_EVENT_CLASSES = (DataSynced, FeaturesUpdated, TrainingProgress, ModelRegistered,
+                  DeploymentChanged, AlertRaised, LakeMaintained)
+AnyEvent = Annotated[Union[_EVENT_CLASSES], Field(discriminator="type")]
+_ADAPTER = TypeAdapter(AnyEvent)
+EVENT_TYPES = [t.model_fields["type"].default for t in _EVENT_CLASSES]
+
+SCHEMA = pa.schema([("offset", pa.int64()), ("id", pa.string()), ("type", pa.string()),
                     ("time", pa.timestamp("us", tz="UTC")), ("payload", pa.string())])
+STATS_COLUMNS = ("offset", "type", "time")
+# A publisher that keeps losing the race to other writers gives up after this many
+# tries (each a few ms; contention is a handful of processes publishing at once).
+MAX_ATTEMPTS = 100
 Handler = Callable[[Event], Any]
 
 
@@ -117,6 +138,8 @@ class EventBus:
         self.path = tables.table_path(lake_dir, "events") if lake_dir is not None else None
         self._handlers: dict[str, list[Handler]] = defaultdict(list)
         self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._table: DeltaTable | None = None  # kept open: a commit reads only new log entries
 
     def subscribe(self, event_type: str, handler: Handler) -> Callable[[], None]:
         """``event_type`` is one of EVENT_TYPES or ``"*"``. Returns an unsubscribe."""
@@ -143,33 +166,77 @@ class EventBus:
                 log.exception("event handler %r failed on %s", handler, event.type)
 
     def _append(self, events: list[Event]) -> None:
-        rows = [{"id": e.id, "type": e.type, "time": e.time, "payload": e.model_dump_json()}
-                for e in events]
-        write_deltalake(str(self.path), pa.Table.from_pylist(rows, schema=SCHEMA), mode="append",
-                        configuration={"delta.enableChangeDataFeed": "true"})
+        spec = spec_for("events")
+        with self._write_lock:
+            for attempt in range(MAX_ATTEMPTS):
+                base = self._open_for_write()
+                offset = base.version() + 1 if base is not None else 0
+                rows = [{"offset": offset, "id": e.id, "type": e.type, "time": e.time,
+                         "payload": e.model_dump_json()} for e in events]
+                written = tables.write_data_file(
+                    self.path, pa.Table.from_pylist(rows, schema=SCHEMA), tables.data_file_name(),
+                    row_group_rows=spec.row_group_rows, stats_columns=STATS_COLUMNS)
+                try:
+                    tables.commit_files(self.path, base, [written], SCHEMA,
+                                        {"kind": "events", "offset": offset}, exact=True)
+                    return
+                except tables.WriteConflict:
+                    tables.discard_files(self.path, [written])
+                    self._table = None if base is None else base
+                    time.sleep(random.uniform(0.001, 0.005 * min(attempt + 1, 10)))
+            raise LakeError(f"publishing to {self.path}: lost the commit race "
+                            f"{MAX_ATTEMPTS} times")
+
+    def _open_for_write(self) -> DeltaTable | None:
+        if self._table is None:
+            if not tables.exists(self.path):
+                return None
+            self._table = DeltaTable(str(self.path))
+            layout.check("events", self._table)
+        else:
+            self._table.update_incremental()
+        return self._table
+
+    def _snapshot(self) -> DeltaTable | None:
+        if self.path is None or not tables.exists(self.path):
+            return None
+        dt = DeltaTable(str(self.path))
+        layout.check("events", dt)
+        return dt
 
     def read(self, after: int = -1, types: list[str] | None = None) -> list[tuple[int, Event]]:
-        """Persisted events with offset > ``after``, oldest first, as (offset, event)."""
-        if self.path is None or not tables.exists(self.path):
+        """Persisted events with offset > ``after``, oldest first, as (offset, event).
+        Reads only the data files whose offset statistics reach past ``after``."""
+        dt = self._snapshot()
+        if dt is None:
             return []
-        dt = tables.open_table(self.path)
-        if after >= dt.version():
+        actions = tables.add_actions(dt)
+        if actions.num_rows == 0:
             return []
-        feed = pa.table(dt.load_cdf(starting_version=after + 1))
-        out = []
-        for row in feed.to_pylist():
-            if row.get("_change_type", "insert") != "insert":
-                continue
-            if types and row["type"] not in types:
-                continue
-            out.append((int(row["_commit_version"]), parse_event(row["payload"])))
-        out.sort(key=lambda item: item[0])
-        return out
+        keep = pc.fill_null(pc.greater(actions["max.offset"], after), True)
+        root = tables.uri_path(dt)
+        files = [f"{root}/{p}" for p in actions.filter(keep).column("path").to_pylist()]
+        if not files:
+            return []
+        expr = ds.field("offset") > after
+        if types:
+            expr = expr & ds.field("type").isin(list(types))
+        table = ds.dataset(files, format="parquet", schema=SCHEMA).to_table(
+            columns=["offset", "payload"], filter=expr).sort_by("offset")
+        return [(int(o), parse_event(p)) for o, p in zip(table.column("offset").to_pylist(),
+                                                        table.column("payload").to_pylist())]
 
     def last_offset(self) -> int:
-        if self.path is None or not tables.exists(self.path):
+        """The offset of the newest persisted event (-1 when none): ``read(after=
+        last_offset())`` returns only events published after this call."""
+        dt = self._snapshot()
+        if dt is None:
             return -1
-        return tables.open_table(self.path).version()
+        actions = tables.add_actions(dt)
+        if actions.num_rows == 0:
+            return -1
+        top = pc.max(actions["max.offset"]).as_py()
+        return -1 if top is None else int(top)
 
 
 _buses: dict[str, EventBus] = {}

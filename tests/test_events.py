@@ -59,3 +59,24 @@ def test_another_process_reads_from_an_offset(tmp_path):
                          text=True, cwd=ROOT, check=True).stdout
     assert "from-child" in out
     assert [e.alert for _, e in bus.read(after=0)] == ["from-child"]
+
+
+def test_concurrent_publishers_get_distinct_offsets_and_leave_no_stray_file(tmp_path):
+    """Three processes publish at once: every event lands once, each with its own
+    offset (its commit's version), and a lost commit race leaves no data file behind."""
+    code = ("import sys; from pathlib import Path; from cluster.events import EventBus, AlertRaised;"
+            "b = EventBus(Path(sys.argv[1]));"
+            "[b.publish(AlertRaised(alert=f'{sys.argv[2]}-{i}')) for i in range(8)]")
+    EventBus(tmp_path).publish(AlertRaised(alert="seed"))  # the table exists before the race
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path), f"p{k}"], cwd=ROOT)
+             for k in range(3)]
+    assert all(p.wait(timeout=120) == 0 for p in procs)
+    bus = EventBus(tmp_path)
+    events = bus.read()
+    offsets = [o for o, _ in events]
+    assert len(events) == 25 and offsets == sorted(set(offsets))
+    assert sorted(e.alert for _, e in events[1:]) == sorted(f"p{k}-{i}" for k in range(3)
+                                                            for i in range(8))
+    assert bus.last_offset() == offsets[-1]
+    data_files = list((tmp_path / "events").glob("*.parquet"))
+    assert len(data_files) == 25

@@ -1,17 +1,43 @@
-"""Where the lake's Delta tables live and how frames cross into Arrow."""
+"""Where the lake's Delta tables live, how frames cross into Arrow, and how our
+writers put data files and commits into a table.
+
+Writers that need to know their commit's version (bars rows carry the data
+version that wrote them, events their offset) write their own data files and
+commit them at exactly ``base.version() + 1`` (``exact=True``: no automatic
+rebase). A concurrent commit makes that commit fail with :class:`WriteConflict`;
+the caller re-reads and tries again, and deletes the files it wrote, so a lost
+race leaves neither a duplicate row nor a stray file.
+"""
 from __future__ import annotations
 
 import json
+import time
+import uuid
+from datetime import date, datetime
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from deltalake import CommitProperties, DeltaTable
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from deltalake import CommitProperties, DeltaTable, PostCommitHookProperties, Schema
+from deltalake.exceptions import CommitFailedError
+from deltalake.transaction import (AddAction, RemoveAction, Transaction,
+                                   create_table_with_add_actions)
 
 from cluster.errors import LakeError
 
 META_KEY = "mlops"
+# Set on every table we create. delta-rs otherwise deletes log entries older than
+# delta.logRetentionDuration (30 days) after each automatic checkpoint, and a data
+# version a registered model names would stop being readable; jobs.maintain cleans
+# the log instead, keeping every protected version.
+TABLE_CONFIG = {"delta.enableExpiredLogCleanup": "false"}
+
+
+class WriteConflict(LakeError):
+    """Another writer committed first: re-read the table and try again."""
 
 
 def table_path(lake_dir: Path, name: str) -> Path:
@@ -34,8 +60,14 @@ def open_table(path: Path, version: int | None = None) -> DeltaTable:
     return dt
 
 
-def commit_properties(meta: dict) -> CommitProperties:
-    return CommitProperties(custom_metadata={META_KEY: json.dumps(meta, default=str)})
+def commit_properties(meta: dict, exact: bool = False,
+                      app: tuple[str, int] | None = None) -> CommitProperties:
+    """Our metadata on a commit. ``exact``: the commit lands at the version after
+    the one it was prepared on, or fails. ``app``: a Delta application transaction
+    (id, version); two commits carrying the same id conflict, whatever they add."""
+    txns = [Transaction(app[0], int(app[1]), int(time.time() * 1000))] if app else None
+    return CommitProperties(custom_metadata={META_KEY: json.dumps(meta, default=str)},
+                            max_commit_retries=0 if exact else None, app_transactions=txns)
 
 
 def commit_meta(entry: dict) -> dict:
@@ -75,3 +107,104 @@ def to_arrow(frame: pd.DataFrame, schema: pa.Schema) -> pa.Table:
         else:
             data[field.name] = pa.array(np.asarray(col), type=field.type, from_pandas=True)
     return pa.table(data, schema=schema)
+
+
+# -- writing data files and committing them ------------------------------------
+def data_file_name(prefix: str = "part") -> str:
+    return f"{prefix}-{uuid.uuid4().hex}.parquet"
+
+
+def write_data_file(root: Path, table: pa.Table, name: str, *, row_group_rows: int,
+                    stats_columns: tuple[str, ...], compression: str = "zstd",
+                    dictionary: list[str] | bool = True) -> dict:
+    """Write ``table`` as one data file of the table at ``root``, not committed yet
+    (readers see it once a commit lists it). Returns the add action as a dict: small,
+    so it can travel from a worker to the committing driver."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, root / name, row_group_size=row_group_rows, compression=compression,
+                   use_dictionary=dictionary, write_statistics=True)
+    return {"path": name, "size": (root / name).stat().st_size,
+            "modification_time": int(time.time() * 1000),
+            "stats": json.dumps(file_stats(table, stats_columns))}
+
+
+def file_stats(table: pa.Table, columns: tuple[str, ...]) -> dict:
+    """Delta file statistics: row count, and min/max/null count of ``columns``
+    (the ones readers prune on; the other columns get none, as Delta allows)."""
+    stats = {"numRecords": table.num_rows, "minValues": {}, "maxValues": {}, "nullCount": {}}
+    for name in columns:
+        if name not in table.column_names:
+            continue
+        column = table.column(name)
+        stats["nullCount"][name] = column.null_count
+        if not table.num_rows or column.null_count == table.num_rows:
+            continue
+        bounds = pc.min_max(column)
+        stats["minValues"][name] = _stat_value(bounds["min"].as_py())
+        stats["maxValues"][name] = _stat_value(bounds["max"].as_py())
+    return stats
+
+
+def _stat_value(value):
+    if isinstance(value, datetime):
+        return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    if isinstance(value, date):
+        return value.isoformat()
+    return value
+
+
+def add_action(entry: dict, data_change: bool = True) -> AddAction:
+    return AddAction(entry["path"], entry["size"], {}, entry["modification_time"],
+                     data_change, entry["stats"])
+
+
+def remove_actions(dt: DeltaTable, paths: list[str], data_change: bool) -> list[RemoveAction]:
+    sizes = dict(zip(*(add_actions(dt).column(c).to_pylist() for c in ("path", "size_bytes"))))
+    now = int(time.time() * 1000)
+    return [RemoveAction(p, data_change, now, sizes.get(p)) for p in paths]
+
+
+def commit_files(path: Path, base: DeltaTable | None, files: list[dict], schema: pa.Schema,
+                 meta: dict, *, removes: list[RemoveAction] = (), mode: str = "append",
+                 exact: bool = False, data_change: bool = True,
+                 app: tuple[str, int] | None = None) -> int:
+    """One commit adding ``files`` (written by :func:`write_data_file`) on top of
+    ``base`` (the table as the caller read it; None: create the table). Returns
+    the new version. Raises :class:`WriteConflict` when ``exact`` (or ``app``) and
+    another writer committed first; the files are then left to the caller."""
+    actions = [add_action(f, data_change) for f in files] + list(removes)
+    props = commit_properties(meta, exact=exact, app=app)
+    try:
+        if base is None:
+            create_table_with_add_actions(str(path), Schema.from_arrow(schema), actions,
+                                          mode="error", configuration=TABLE_CONFIG,
+                                          commit_properties=props)
+            return 0
+        base.create_write_transaction(actions, mode=mode, schema=schema,
+                                      commit_properties=props,
+                                      post_commithook_properties=PostCommitHookProperties())
+    except CommitFailedError as exc:
+        raise WriteConflict(f"{Path(path).name}: another writer committed first ({exc})") \
+            from exc
+    except Exception as exc:  # creating a table another writer just created
+        if base is None and exists(path):
+            raise WriteConflict(f"{Path(path).name}: created concurrently ({exc})") from exc
+        raise
+    base.update_incremental()
+    return base.version()
+
+
+def discard_files(root: Path, files: list[dict]) -> None:
+    """Delete data files that no commit lists (a lost race's or a failed run's)."""
+    for f in files:
+        (Path(root) / f["path"]).unlink(missing_ok=True)
+
+
+def uri_path(dt: DeltaTable) -> str:
+    uri = dt.table_uri
+    return (uri[len("file://"):] if uri.startswith("file://") else uri).rstrip("/")
+
+
+def schema_names(dt: DeltaTable) -> list[str]:
+    return list(pa.schema(dt.schema().to_arrow()).names)

@@ -1,0 +1,72 @@
+"""The lake's tables, declared once: name, clustering and dedupe keys, file sizing.
+
+Every Delta table under ``$MLOPS_HOME/lake`` is maintained by ``jobs.maintain``
+(compaction, clustering, checkpoints, vacuum); this registry says how. A table
+that is not listed here is still maintained with the default spec (compacted,
+checkpointed and vacuumed, never re-sorted), so a new table is safe from day
+one; adding its line makes maintenance cluster it the way its readers prune.
+
+To add a table, add one ``register(TableSpec(...))`` line below:
+
+- ``cluster_by``: the sort order of its data files. Writers that can (bars,
+  features, events) write each commit sorted this way, and maintenance rewrites
+  the table sorted this way, so readers prune files and row groups on the
+  min/max statistics of the first columns (an instrument is a few row groups).
+  Empty: keep insertion order (e.g. time order) and only compact.
+- ``dedupe_key`` + ``latest_by``: maintenance keeps, per key, only the row with
+  the highest ``latest_by`` (the features table appends recomputed rows and
+  readers keep the newest; maintenance drops the superseded ones).
+- ``target_file_rows`` / ``row_group_rows``: the size of rewritten files and of
+  their row groups.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    name: str
+    cluster_by: tuple[str, ...] = ()
+    dedupe_key: tuple[str, ...] = ()
+    latest_by: str | None = None
+    target_file_rows: int = 1_000_000
+    row_group_rows: int = 16_384
+    description: str = ""
+
+    def __post_init__(self):
+        if bool(self.dedupe_key) != bool(self.latest_by):
+            raise ValueError(f"table {self.name!r}: dedupe_key and latest_by go together")
+        if self.row_group_rows < 1 or self.target_file_rows < self.row_group_rows:
+            raise ValueError(f"table {self.name!r}: need 1 <= row_group_rows <= "
+                             "target_file_rows")
+
+
+TABLES: dict[str, TableSpec] = {}
+
+
+def register(spec: TableSpec) -> TableSpec:
+    TABLES[spec.name] = spec
+    return spec
+
+
+def spec_for(name: str) -> TableSpec:
+    """The registered spec of a table, or the safe default for an unlisted one."""
+    return TABLES.get(name) or TableSpec(name, description="not registered: compact only")
+
+
+# An instrument's history (1,260 days at 5 years) is one or two row groups of 8,192
+# rows; a file holds ~1M rows (a few tens of MB of bars).
+register(TableSpec("bars", cluster_by=("instrument", "date"), row_group_rows=8_192,
+                   target_file_rows=2_000_000,
+                   description="daily bars; one data version per ingest commit"))
+# ~190 float columns: 8,192 rows are ~7 MB; files of ~250k rows stay ~200 MB.
+register(TableSpec("features", cluster_by=("feature_set", "instrument", "date"),
+                   dedupe_key=("feature_set", "instrument", "date"), latest_by="data_version",
+                   row_group_rows=8_192, target_file_rows=262_144,
+                   description="indicators + Alpha158 + label per feature set"))
+register(TableSpec("events", cluster_by=("offset",),
+                   description="the event bus; offsets materialised in the rows"))
+register(TableSpec("predictions", description="served and batch predictions, time order"))
+register(TableSpec("quarantine", cluster_by=("ingest_id",),
+                   description="rejected rows and files with the reason"))
