@@ -234,4 +234,6 @@ def create_app(runtime: ServingRuntime) -> FastAPI:
                 "control_plane": runtime.sync_error or "ok"}
         return JSONResponse(body, status_code=200 if body["ready"] else 503)
 
+    from serving.console import mount_console   # the web console's pages, outside /api
+    mount_console(app, auth)
     return app
