@@ -22,4 +22,5 @@ $("#login-form").addEventListener("submit", async (ev) => {
     error.hidden = false;
   }
 });
+performance.mark("console-ready");
 document.body.dataset.ready = "true";
