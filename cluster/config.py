@@ -86,13 +86,31 @@ class MonitoringSettings(_Section):
 class ApiSettings(_Section):
     # token -> role
     tokens: dict[str, Literal["viewer", "operator", "admin"]] = {}
+    # sha256(token) -> role: what actors and replicas get instead of the tokens
+    # (``MLOPS_API_TOKEN_HASHES=role:sha256hex,...``), so no token sits in a runtime env.
+    token_hashes: dict[str, Literal["viewer", "operator", "admin"]] = {}
     host: str = "127.0.0.1"
     port: int = 8000
+    # /predict limits: a larger body is 413, more rows or instruments 422 (naming the field).
+    max_body_bytes: int = Field(1_048_576, ge=1024)
+    max_rows: int = Field(10_000, ge=1)
+    max_instruments: int = Field(5_000, ge=1)
 
     @field_validator("tokens", mode="before")
     @classmethod
     def _parse_tokens(cls, value: Any) -> Any:
         return parse_tokens(value) if isinstance(value, (str, list)) else value
+
+    @field_validator("token_hashes", mode="before")
+    @classmethod
+    def _parse_hashes(cls, value: Any) -> Any:
+        if not isinstance(value, (str, list)):
+            return value
+        out = parse_tokens(value)
+        bad = [h for h in out if len(h) != 64 or any(c not in "0123456789abcdef" for c in h)]
+        if bad:
+            raise ValueError("token hashes must be 64 lowercase hex digits (sha256)")
+        return out
 
 
 class ServingSettings(_Section):
@@ -106,6 +124,28 @@ class ServingSettings(_Section):
     # Both together, against 0.2 s and on: bench p99 7.7-8.6 ms instead of 9.7-12.2.
     sync_interval_s: float = Field(1.0, gt=0)
     access_log: bool = False
+    # Model calls run on this many threads per replica, off the event loop (LightGBM
+    # and numpy release the GIL, so the loop keeps reading requests meanwhile).
+    predict_threads: int = Field(2, ge=1)
+
+
+class QueueSettings(_Section):
+    """The resource-aware job queue (``cluster.resources``)."""
+    # The Ray dashboard the queue submits Ray jobs to; None: the connected Ray's, else
+    # http://127.0.0.1:8265.
+    dashboard_address: str | None = None
+    # A waiting job gains one priority level per ``aging_s`` seconds, so a job of the
+    # lowest priority outranks every newcomer after (max - min priority) * aging_s.
+    aging_s: float = Field(60.0, gt=0)
+    # A blocked head of the queue stops backfilling (smaller jobs overtaking it) once it
+    # has waited this long, so it starts when the running jobs end.
+    reserve_after_s: float = Field(300.0, ge=0)
+    tick_s: float = Field(2.0, gt=0)
+    # What the queue may hand out; None: the cluster's total resources as Ray reports them.
+    capacity_cpus: float | None = Field(None, ge=0)
+    capacity_gpus: float | None = Field(None, ge=0)
+    # Whether the API's replicas run the queue (admit and submit) in the background.
+    run_in_api: bool = True
 
 
 class Settings(BaseSettings):
@@ -121,6 +161,7 @@ class Settings(BaseSettings):
     monitoring: MonitoringSettings = MonitoringSettings()
     api: ApiSettings = ApiSettings()
     serving: ServingSettings = ServingSettings()
+    queue: QueueSettings = QueueSettings()
 
     @property
     def lake_dir(self) -> Path:
@@ -174,14 +215,17 @@ class _YamlSource(PydanticBaseSettingsSource):
 
 
 class _TokensEnvSource(PydanticBaseSettingsSource):
-    """``MLOPS_API_TOKENS=role:token,...`` is flat, not ``MLOPS_API__TOKENS``."""
+    """``MLOPS_API_TOKENS=role:token,...`` (and ``MLOPS_API_TOKEN_HASHES``) are flat,
+    not ``MLOPS_API__TOKENS``."""
 
     def get_field_value(self, field, field_name):  # pragma: no cover - unused
         return None, field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        raw = os.environ.get("MLOPS_API_TOKENS")
-        return {"api": {"tokens": raw}} if raw else {}
+        api = {key: os.environ[var] for key, var in (("tokens", "MLOPS_API_TOKENS"),
+                                                     ("token_hashes", "MLOPS_API_TOKEN_HASHES"))
+               if os.environ.get(var)}
+        return {"api": api} if api else {}
 
 
 def read_yaml_section(path: Path) -> dict[str, Any]:

@@ -2,10 +2,11 @@
 
 Roles are ordered ``viewer < operator < admin``; an endpoint names the least
 role it needs. Tokens come from settings (``api.tokens`` or
-``MLOPS_API_TOKENS=role:token,...``); with none configured every protected
-endpoint answers 401 (closed by default). Only a sha256 of each token is kept
-in memory, and the audit log names a caller by role and a short fingerprint,
-never by the token itself.
+``MLOPS_API_TOKENS=role:token,...``, or only their sha256 in ``api.token_hashes`` /
+``MLOPS_API_TOKEN_HASHES``, which is what actors and replicas get: see
+``hashed_token_env``); with none configured every protected endpoint answers 401
+(closed by default). Only a sha256 of each token is kept in memory, and the audit
+log names a caller by role and a short fingerprint, never by the token itself.
 
 The audit log is JSON lines under ``$MLOPS_HOME/audit/api.jsonl``: who, what
 (action and target), when, and the result, for every mutating call, refused
@@ -47,12 +48,12 @@ def _digest(token: str) -> str:
 
 
 class Authenticator:
-    def __init__(self, tokens: dict[str, str]):
-        self._roles = {_digest(t): role for t, role in tokens.items()}
+    def __init__(self, tokens: dict[str, str], token_hashes: dict[str, str] | None = None):
+        self._roles = {**(token_hashes or {}), **{_digest(t): role for t, role in tokens.items()}}
 
     @classmethod
     def from_settings(cls, settings) -> "Authenticator":
-        return cls(dict(settings.api.tokens))
+        return cls(dict(settings.api.tokens), dict(settings.api.token_hashes))
 
     def principal(self, authorization: str | None) -> Principal | None:
         """The caller of an ``Authorization`` header, or None when it names no valid token."""
@@ -92,6 +93,22 @@ class Authenticator:
         return require
 
 
+def hashed_token_env(env: dict[str, str]) -> dict[str, str]:
+    """``env`` for an actor or replica: ``MLOPS_API_TOKENS`` replaced by
+    ``MLOPS_API_TOKEN_HASHES`` (role:sha256 of each token), so the tokens themselves
+    never travel in a Ray runtime environment (visible in the dashboard and to every
+    worker); the Authenticator there checks callers against the hashes alone."""
+    from cluster.config import parse_tokens
+    out = {k: v for k, v in env.items() if k != "MLOPS_API_TOKENS"}
+    raw = env.get("MLOPS_API_TOKENS")
+    if raw:
+        hashed = [f"{role}:{_digest(token)}" for token, role in parse_tokens(raw).items()]
+        if out.get("MLOPS_API_TOKEN_HASHES"):
+            hashed.insert(0, out["MLOPS_API_TOKEN_HASHES"])
+        out["MLOPS_API_TOKEN_HASHES"] = ",".join(hashed)
+    return out
+
+
 class AuditLog:
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -120,3 +137,21 @@ class AuditLog:
         if not self.path.exists():
             return []
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+    def tail(self, limit: int = 100, chunk: int = 65536) -> list[dict]:
+        """The last ``limit`` records, oldest first, reading only the end of the file
+        (the log only grows: day 250 costs what day 1 did)."""
+        if limit <= 0 or not self.path.exists():
+            return []
+        with open(self.path, "rb") as f:
+            end = f.seek(0, os.SEEK_END)
+            data, pos = b"", end
+            while pos > 0 and data.count(b"\n") <= limit:
+                step = min(chunk, pos)
+                pos -= step
+                f.seek(pos)
+                data = f.read(step) + data
+        lines = [ln for ln in data.split(b"\n") if ln.strip()]
+        if pos > 0:
+            lines = lines[1:]          # the first one may be cut
+        return [json.loads(ln) for ln in lines[-limit:]]

@@ -69,14 +69,16 @@ def actor_name(deployment: str) -> str:
 
 def mlops_env() -> dict[str, str]:
     """This process's MLOPS_* variables, with MLOPS_HOME/MLOPS_CONFIG made absolute,
-    for the actor and the replicas (a relative home would land in a worker's cwd)."""
+    for the actor and the replicas (a relative home would land in a worker's cwd);
+    API tokens only as their hashes (``serving.auth.hashed_token_env``)."""
+    from serving.auth import hashed_token_env
     from cluster.config import config_path, get_settings
     env = {k: v for k, v in os.environ.items() if k.startswith("MLOPS_")}
     env["MLOPS_HOME"] = str(get_settings().home.resolve())
     cfg = config_path()
     if cfg is not None:
         env["MLOPS_CONFIG"] = str(cfg.resolve())
-    return env
+    return hashed_token_env(env)
 
 
 def control_actor(deployment: str = DEFAULT_DEPLOYMENT, create: bool = True):

@@ -84,6 +84,8 @@ class ServingRuntime:
         self._task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._shadow_pool = ThreadPoolExecutor(1, thread_name_prefix="shadow")
+        self._predict_pool = ThreadPoolExecutor(serving.predict_threads,
+                                                thread_name_prefix="predict")
         self._shadow_pending = 0
         self.shadow_dropped = 0
         self.last_sync: float | None = None
@@ -112,6 +114,7 @@ class ServingRuntime:
                 pass
             self._task = None
         self._shadow_pool.shutdown(wait=True)
+        self._predict_pool.shutdown(wait=True)
         await asyncio.to_thread(self.sink.close)
 
     def ready(self) -> bool:
@@ -185,23 +188,43 @@ class ServingRuntime:
                            "`python -m jobs.deploy` or POST /api/models/{model_id}/deploy")
         return snap.versions.get(snap.policy.choose(key)) or snap.stable
 
-    def _answer(self, snap: Snapshot, chosen: LoadedVersion, matrix_of):
-        """Predict with ``chosen``; if it fails and is not the stable version, the
-        stable one answers and the failure counts against ``chosen``."""
+    def _compute(self, snap: Snapshot, chosen: LoadedVersion, matrix_of):
+        """Predict with ``chosen``; if it fails and is not the stable version, the stable
+        one answers. Returns (out, used, failed version or None). Touches no statistics:
+        it runs on a predict thread."""
         try:
-            return chosen.predict(matrix_of(chosen)), chosen
+            return chosen.predict(matrix_of(chosen)), chosen, None
         except Exception as exc:
             if chosen is snap.stable:
-                if not isinstance(exc, InputError):
-                    self.stats.get(chosen.model_id).error()
                 raise
-            try:
-                out = snap.stable.predict(matrix_of(snap.stable))
-            except InputError:
-                raise                       # the client's input, not the version's fault
-            self.stats.get(chosen.model_id).error()
+            # an InputError of the stable version too is the client's input, not a fault
+            out = snap.stable.predict(matrix_of(snap.stable))
             log.debug("%s failed (%s); %s answered", chosen.model_id, exc, snap.stable.model_id)
-            return out, snap.stable
+            return out, snap.stable, chosen
+
+    def _try_compute(self, snap: Snapshot, chosen: LoadedVersion, matrix_of):
+        try:
+            return self._compute(snap, chosen, matrix_of)
+        except Exception as exc:
+            return exc
+
+    def _settle(self, snap: Snapshot, chosen: LoadedVersion, result):
+        """On the loop's thread: count a failure against the version that failed (the
+        rollout gates see it), or raise the request's error; returns (out, used)."""
+        if isinstance(result, BaseException):
+            if chosen is snap.stable and not isinstance(result, InputError):
+                self.stats.get(chosen.model_id).error()
+            raise result
+        out, used, failed = result
+        if failed is not None:
+            self.stats.get(failed.model_id).error()
+        return out, used
+
+    def _answer(self, snap: Snapshot, chosen: LoadedVersion, matrix_of):
+        return self._settle(snap, chosen, self._try_compute(snap, chosen, matrix_of))
+
+    def _off_loop(self, fn, *args):
+        return asyncio.get_running_loop().run_in_executor(self._predict_pool, fn, *args)
 
     # A recorded row is a tuple in the predictions SCHEMA's order (cluster/lake/
     # predictions.py): building it is the only per-row work on the request path.
@@ -211,6 +234,21 @@ class ServingRuntime:
         snap = self.snapshot
         chosen = self._choose(snap, key)
         out, used = self._answer(snap, chosen, lambda v: v.matrix_from_rows(rows))
+        return self._record_rows(snap, chosen, used, out, t0, rows, key, data_version)
+
+    async def predict_rows_async(self, rows: list[dict], key: str | None = None,
+                                 data_version: int | None = None) -> Answer:
+        """``predict_rows`` with the model call on a predict thread, off the event loop;
+        statistics and the predictions buffer are still only touched on the loop."""
+        t0 = time.perf_counter()
+        snap = self.snapshot
+        chosen = self._choose(snap, key)
+        result = await self._off_loop(self._try_compute, snap, chosen,
+                                      lambda v: v.matrix_from_rows(rows))
+        out, used = self._settle(snap, chosen, result)
+        return self._record_rows(snap, chosen, used, out, t0, rows, key, data_version)
+
+    def _record_rows(self, snap, chosen, used, out, t0, rows, key, data_version) -> Answer:
         latency = (time.perf_counter() - t0) * 1000.0
         self.stats.get(used.model_id).ok(latency)
         rid, now, preds = uuid.uuid4().hex, time.time(), out.tolist()
@@ -232,6 +270,23 @@ class ServingRuntime:
         snap = self.snapshot
         chosen = self._choose(snap, key)
         out, used = self._answer(snap, chosen, lambda v: cs.matrix(v.features))
+        return self._record_cross_section(snap, chosen, used, out, t0, cs, key)
+
+    async def predict_instruments_async(self, instruments: list[str], date, key: str | None,
+                                        t0: float) -> tuple[Answer, CrossSection]:
+        """Read the cross-section and predict in one trip to a predict thread."""
+        snap = self.snapshot
+        chosen = self._choose(snap, key)
+        cs, result = await self._off_loop(self._read_and_compute, instruments, date, snap,
+                                          chosen)
+        out, used = self._settle(snap, chosen, result)
+        return self._record_cross_section(snap, chosen, used, out, t0, cs, key), cs
+
+    def _read_and_compute(self, instruments, date, snap, chosen):
+        cs = self.read_inputs(instruments, date)        # its errors are the request's
+        return cs, self._try_compute(snap, chosen, lambda v: cs.matrix(v.features))
+
+    def _record_cross_section(self, snap, chosen, used, out, t0, cs, key) -> Answer:
         latency = (time.perf_counter() - t0) * 1000.0
         preds = out.tolist()
         stats = self.stats.get(used.model_id)
