@@ -1,14 +1,14 @@
 """Indicators: TA-Lib parity, own indicators against pandas, incremental == full.
 
-``compute_indicators`` takes its values from TA-Lib; ``update_indicators`` from a
-streaming re-implementation of TA-Lib's arithmetic (the module's ``_kernel``). So
-``update_indicators({}, bars)``, which runs that kernel over the whole history, is
-checked against TA-Lib on real bars and on random ones, and split/incremental runs
-against full runs. Tolerance: relative 1e-9 with an equal NaN pattern (``same``).
+One kernel computes the indicators in production, full runs and updates alike;
+TA-Lib is its oracle here: bit-equal on every instrument of the shared bars,
+relative 1e-9 with an equal NaN pattern (``same``) on random ones and on a probe
+series of hard cases. Split/incremental runs are checked against full runs.
 """
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -20,12 +20,14 @@ from hypothesis import strategies as st
 
 from cluster.config import IndicatorParams
 from cluster.features import indicators as ind
+from cluster.features.indicators import IndicatorStates
+from cluster.features.indicators.spec import spec as spec_of
 from cluster.sources.adjust import yahoo_to_canonical
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 DEV = DATA / "sp500_5yr_dev.parquet"
 COLS = ind.indicator_columns()
-OWN = ["vwap_20", "hv_20", "bb_width", "bb_pctb"]
+ROOT = Path(__file__).resolve().parents[1]
 # Parameter sets the property tests draw from: the defaults, the smallest windows
 # TA-Lib accepts (with acceleration > maximum, which TA-Lib caps), and long ones.
 PARAMS = [
@@ -59,6 +61,62 @@ def frame_same(actual: pd.DataFrame, expected: pd.DataFrame, cols, rtol=1e-9) ->
     assert list(actual["instrument"]) == list(expected["instrument"])
     assert np.array_equal(actual["date"].to_numpy(), expected["date"].to_numpy())
     same(actual[cols].to_numpy(), expected[cols].to_numpy(), rtol)
+
+
+def talib_reference(bars: pd.DataFrame, params: IndicatorParams | None = None
+                    ) -> tuple[np.ndarray, list[str]]:
+    """TA-Lib's values, instrument by instrument (plus the band ratios derived from
+    its bands), for every column TA-Lib has: (rows x columns, column names)."""
+    s = spec_of(params)
+    cols = [c for c in s.columns if not c.startswith(("vwap_", "hv_"))]
+    out = np.full((len(bars), len(cols)), np.nan)
+    inst = bars["instrument"].to_numpy()
+    starts = np.flatnonzero(np.r_[True, inst[1:] != inst[:-1]]).tolist() + [len(bars)]
+    for a, b in zip(starts[:-1], starts[1:]):
+        h, l, c, v = (bars[k].to_numpy(dtype=np.float64)[a:b]
+                      for k in ("high", "low", "close", "volume"))
+        up, mid, low = talib.BBANDS(c, s.bb_n, s.bb_dev, s.bb_dev, 0)
+        slowk, slowd = talib.STOCH(h, l, c, s.st_k, s.st_sk, 0, s.st_d, 0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            width, pctb = (up - low) / mid, np.where(up != low, (c - low) / (up - low), np.nan)
+        values = ([talib.SMA(c, w) for w in s.sma] + [talib.EMA(c, w) for w in s.ema] + [
+            mid, up, low, width, pctb, talib.SAR(h, l, s.sar_acc, s.sar_max),
+            talib.RSI(c, s.rsi_n), slowk, slowd, talib.WILLR(h, l, c, s.wr_n),
+            talib.CCI(h, l, c, s.cci_n), talib.OBV(c, v), talib.AD(h, l, c, v),
+            talib.ATR(h, l, c, s.atr_n)])
+        out[a:b] = np.column_stack(values)
+    return out, cols
+
+
+def roundtrip(states: IndicatorStates) -> IndicatorStates:
+    """Through the table form a cache stores (Arrow IPC bytes and back)."""
+    import pyarrow as pa
+    sink = pa.BufferOutputStream()
+    table = states.to_arrow()
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    return IndicatorStates.from_arrow(pa.ipc.open_stream(sink.getvalue()).read_all())
+
+
+def probe_bars() -> pd.DataFrame:
+    """A fixed two-instrument series with the hard cases: ties on a price grid,
+    flat stretches, zero volume, a close outside its bar, long enough to re-anchor
+    BBANDS."""
+    rng = np.random.default_rng(20240229)
+    frames = []
+    for name, n in (("P1", 700), ("P2", 90)):
+        close = np.round(100 * np.exp(np.cumsum(rng.normal(0, 0.02, n))), 1)
+        close[30:60] = close[30]
+        high = close + np.round(rng.uniform(0, 1.5, n), 1) * (rng.random(n) < 0.7)
+        low = close - np.round(rng.uniform(0, 1.5, n), 1) * (rng.random(n) < 0.7)
+        close[75] = high[75] + 0.1
+        volume = np.round(rng.uniform(0, 1e6, n)) * (rng.random(n) < 0.9)
+        volume[40:70] = 0.0
+        frames.append(pd.DataFrame({
+            "instrument": name, "date": pd.bdate_range("2001-01-01", periods=n),
+            "high": high, "low": np.maximum(low, 0.1), "close": close,
+            "volume": volume, "vwap": (high + low + close) / 3}))
+    return pd.concat(frames, ignore_index=True)
 
 
 def make_bars(n: int, seed: int, *, name: str = "X", tick: float | None = None,
@@ -102,31 +160,40 @@ def real_full(real_bars) -> pd.DataFrame:
     return ind.compute_indicators(real_bars)
 
 
-def test_real_bars_wiring_is_talib(real_bars, real_full):
-    """The full run's TA-Lib columns are exactly what TA-Lib returns per instrument."""
-    for name in ["AAL", "CSRA", real_bars["instrument"].iloc[-1]]:
-        sel = (real_bars["instrument"] == name).to_numpy()
-        b, f = real_bars[sel], real_full[sel]
-        h, l, c, v = (b[k].to_numpy() for k in ("high", "low", "close", "volume"))
-        up, mid, low = talib.BBANDS(c, 20, 2.0, 2.0, 0)
-        slowk, slowd = talib.STOCH(h, l, c, 14, 3, 0, 3, 0)
-        expected = {"sma_5": talib.SMA(c, 5), "sma_60": talib.SMA(c, 60),
-                    "ema_26": talib.EMA(c, 26), "bb_mid": mid, "bb_upper": up,
-                    "bb_lower": low, "sar": talib.SAR(h, l, 0.02, 0.2),
-                    "rsi_14": talib.RSI(c, 14), "stoch_k": slowk, "stoch_d": slowd,
-                    "willr_14": talib.WILLR(h, l, c, 14), "cci_20": talib.CCI(h, l, c, 20),
-                    "obv": talib.OBV(c, v), "ad": talib.AD(h, l, c, v),
-                    "atr_14": talib.ATR(h, l, c, 14)}
-        for col, values in expected.items():
-            np.testing.assert_array_equal(f[col].to_numpy(), values, err_msg=f"{name} {col}")
+def test_real_bars_equal_talib_bit_for_bit(real_bars, real_full):
+    """On every instrument of the shared bars the kernel's TA-Lib columns are exactly
+    TA-Lib's (and the band ratios exactly the ones derived from its bands)."""
+    want, cols = talib_reference(real_bars)
+    got = real_full[cols].to_numpy()
+    assert np.array_equal(np.isnan(got), np.isnan(want))
+    bad = ~np.isnan(want) & (got.view(np.int64) != want.view(np.int64))
+    assert not bad.any(), f"not bit-equal in {sorted({cols[j] for j in np.nonzero(bad)[1]})}"
 
 
-def test_real_bars_streaming_kernel_equals_talib(real_bars, real_full):
-    """The incremental kernel run over every instrument's whole history (an update
-    from no state) reproduces TA-Lib."""
-    frame, states = ind.update_indicators({}, real_bars)
-    frame_same(frame, real_full, COLS)
-    assert set(states) == set(real_bars["instrument"])
+def test_installed_talib_is_the_one_the_kernel_replicates():
+    """The definitions (and so the feature-set id) name the TA-Lib whose arithmetic
+    the kernel reproduces; the oracle here must be that one."""
+    installed = talib.__ta_version__
+    installed = installed.decode() if isinstance(installed, bytes) else str(installed)
+    assert installed.split()[0] == ind.TALIB_VERSION
+    assert ind.indicator_definitions()["library"].startswith(f"TA-Lib {ind.TALIB_VERSION} ")
+
+
+def test_probe_series_equals_talib_for_every_params():
+    """Hard cases (ties, flat stretches, zero volume, a close outside its bar, a
+    BBANDS re-anchor) for each parameter set the properties draw from."""
+    bars = probe_bars()
+    for params in PARAMS:
+        want, cols = talib_reference(bars, params)
+        same(ind.compute_indicators(bars, params)[cols], want)
+
+
+def test_production_code_does_not_import_talib():
+    """TA-Lib is the tests' oracle only (a test extra), never imported by the package."""
+    imports = re.compile(r"^\s*(import|from)\s+talib\b", re.MULTILINE)
+    for package in ("cluster", "jobs", "serving", "tuning"):
+        for path in (ROOT / package).rglob("*.py"):
+            assert not imports.search(path.read_text()), path
 
 
 def test_real_bars_vwap_against_pandas(real_bars, real_full):
@@ -174,21 +241,21 @@ def test_real_bars_split_and_daily_updates(real_bars, real_full):
     head = (real_bars["date"] <= cut).to_numpy()
     _, states = ind.compute_indicators_with_state(real_bars[head])
     frame, _ = ind.update_indicators(states, real_bars[~head])
-    frame_same(frame, real_full[~head], COLS)
+    frame_same(frame, real_full[~head], COLS, rtol=0.0)
 
     days = np.sort(real_bars["date"].unique())[-5:]
     early = (real_bars["date"] < days[0]).to_numpy()
     _, warm = ind.compute_indicators_with_state(real_bars[early])
-    cold = json.loads(json.dumps(warm, allow_nan=False))
+    cold = roundtrip(warm)
     for day in days:
         sel = (real_bars["date"] == day).to_numpy()
         frame_w, warm = ind.update_indicators(warm, real_bars[sel])
         frame_c, cold = ind.update_indicators(cold, real_bars[sel])
-        frame_same(frame_w, real_full[sel], COLS)
-        frame_same(frame_c, real_full[sel], COLS)
-        cold = json.loads(json.dumps(cold, allow_nan=False))
+        frame_same(frame_w, real_full[sel], COLS, rtol=0.0)
+        frame_same(frame_c, real_full[sel], COLS, rtol=0.0)
+        cold = roundtrip(cold)
     _, final = ind.compute_indicators_with_state(real_bars)
-    assert json.loads(json.dumps(warm)) == json.loads(json.dumps(final))
+    assert warm.equals(final) and cold.equals(final)
 
 
 # ------------------------------------------------------------------ properties
@@ -233,24 +300,24 @@ def test_incremental_equals_full(bars, data):
     full = ind.compute_indicators(bars, params)
     n = len(bars)
 
-    # The streaming kernel from scratch equals TA-Lib.
-    frame, _ = ind.update_indicators({}, bars, params)
-    frame_same(frame, full, cols)
+    # The kernel over the whole history equals TA-Lib (its oracle).
+    want, talib_cols = talib_reference(bars, params)
+    same(full[talib_cols].to_numpy(), want)
 
     # State after a random head, then the whole tail at once.
     split = data.draw(st.integers(1, n - 1), label="split")
     head_frame, states = ind.compute_indicators_with_state(bars.iloc[:split], params)
     frame_same(head_frame, full.iloc[:split], cols, rtol=0.0)
     frame, _ = ind.update_indicators(states, bars.iloc[split:], params)
-    frame_same(frame, full.iloc[split:], cols)
+    frame_same(frame, full.iloc[split:], cols, rtol=0.0)
 
-    # Several consecutive one-row updates, the state once through JSON.
+    # Several consecutive one-row updates, the state once through its table form.
     for i in range(split, min(n, split + 4)):
         if i == split + 1:
-            states = json.loads(json.dumps(states, allow_nan=False))
+            states = roundtrip(states)
         frame, states = ind.update_indicators(states, bars.iloc[i:i + 1], params)
-        frame_same(frame, full.iloc[i:i + 1], cols)
-        assert states["X"]["n"] == i + 1
+        frame_same(frame, full.iloc[i:i + 1], cols, rtol=0.0)
+        assert states.take(["X"]).n.tolist() == [i + 1]
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -274,15 +341,15 @@ def test_many_instruments_do_not_leak(seeds, sizes, data):
     head = pd.concat([p.iloc[:c] for p, c in zip(parts, cuts)], ignore_index=True)
     tail = pd.concat([p.iloc[c:] for p, c in zip(parts, cuts)], ignore_index=True)
     _, states = ind.compute_indicators_with_state(head)
-    before = json.dumps(states, sort_keys=True)
+    before = roundtrip(states)
     frame, new_states = ind.update_indicators(states, tail)
-    assert json.dumps(states, sort_keys=True) == before  # input untouched
-    assert new_states["I1"] is states["I1"]
-    assert set(new_states) == {p["instrument"].iloc[0] for p in parts}
+    assert states.equals(before)  # input untouched
+    assert new_states.take(["I1"]).equals(states.take(["I1"]))
+    assert new_states.names.tolist() == sorted(p["instrument"].iloc[0] for p in parts)
     expected = pd.concat(
         [full[(full["instrument"] == p["instrument"].iloc[0]).to_numpy()].iloc[c:]
          for p, c in zip(parts, cuts)], ignore_index=True)
-    frame_same(frame.reset_index(drop=True), expected, COLS)
+    frame_same(frame.reset_index(drop=True), expected, COLS, rtol=0.0)
 
 
 # ------------------------------------------------------------------ edge cases
@@ -330,8 +397,6 @@ def test_constant_prices_follow_talib():
     h, l, c = (bars[k].to_numpy() for k in ("high", "low", "close"))
     np.testing.assert_array_equal(full["willr_14"], talib.WILLR(h, l, c, 14))
     np.testing.assert_array_equal(full["stoch_k"], talib.STOCH(h, l, c, 14, 3, 0, 3, 0)[0])
-    frame, _ = ind.update_indicators({}, bars)
-    frame_same(frame, full, COLS, rtol=0.0)
     _, states = ind.compute_indicators_with_state(bars.iloc[:50])
     frame, _ = ind.update_indicators(states, bars.iloc[50:])
     frame_same(frame, full.iloc[50:], COLS, rtol=0.0)
@@ -344,11 +409,12 @@ def test_update_skips_known_rows_and_empty_input():
     frame, new = ind.update_indicators(states, bars.iloc[25:])   # rows 25..29 are known
     assert frame.index.tolist() == list(range(30, 40))
     frame_same(frame, full.iloc[30:], COLS)
-    assert new["X"]["n"] == 40 and new["X"]["last_date"] == str(bars["date"].iloc[-1].date())
+    named = ind.describe_state(new, "X")
+    assert named["n"] == 40 and named["last_date"] == str(bars["date"].iloc[-1].date())
     frame, same_states = ind.update_indicators(states, bars.iloc[:30])
-    assert len(frame) == 0 and same_states == states
+    assert len(frame) == 0 and same_states.equals(states)
     frame, same_states = ind.update_indicators(states, bars.iloc[:0])
-    assert list(frame.columns) == ["instrument", "date", *COLS] and same_states == states
+    assert list(frame.columns) == ["instrument", "date", *COLS] and same_states.equals(states)
 
 
 def test_invalid_input_is_refused():
@@ -394,41 +460,40 @@ def test_columns_definitions_and_state_format():
     assert ind.indicator_columns(IndicatorParams(ema_windows=[9]))[4] == "ema_9"
 
     _, states = ind.compute_indicators_with_state(make_bars(70, 4))
-    state = states["X"]
-    json.dumps(states, allow_nan=False)
-    assert set(state) == {"version", "spec", "n", "last_date", "values"}
     layout = ind.tail_layout()
-    assert len(state["values"]) == sum(layout.values()) + len(ind.state_fields())
+    assert states.tail.shape == (1, sum(layout.values())) and states.tail.dtype == np.float64
+    assert states.carry.shape == (1, len(ind.state_fields()))
+    assert np.isfinite(states.tail).all() and np.isfinite(states.carry).all()
     assert max(layout.values()) == ind.indicator_lookback() == 59
-    named = ind.describe_state(state)
+    named = ind.describe_state(states, "X")
     assert list(named["tail"]) == list(ind.TAIL_COLUMNS)
     assert named["tail"]["close"][-1] == make_bars(70, 4)["close"].iloc[-1]
     assert set(named["carry"]) == set(ind.state_fields())
+    table = states.to_arrow()
+    assert table.column_names == ["instrument", "n", "last_date", "tail", "carry"]
+    assert IndicatorStates.from_arrow(table).equals(states)
 
 
-def test_replica_check_refuses_another_talib(monkeypatch):
-    """Were the installed TA-Lib to compute otherwise than the kernel replicates,
-    stateful calls refuse rather than drift from full runs."""
-    params = IndicatorParams(rsi_window=17)
-    real_rsi = talib.RSI
-    monkeypatch.setattr(ind.talib, "RSI", lambda c, n: real_rsi(c, n) * (1 + 1e-6))
-    ind._check_replica.cache_clear()
-    try:
-        with pytest.raises(RuntimeError, match="rsi_17"):
-            ind.update_indicators({}, make_bars(30, 1), params)
-    finally:
-        ind._check_replica.cache_clear()
-
-
-def test_rebuilt_or_copied_states_are_read_from_their_lists():
-    bars = make_bars(90, 21, tick=0.01)
-    full = ind.compute_indicators(bars)
-    _, states = ind.compute_indicators_with_state(bars.iloc[:70])
-    copied = {k: dict(v, values=list(v["values"])) for k, v in states.items()}
-    rebuilt = {k: {**v, "n": v["n"]} for k, v in states.items()}
-    for variant in (states, copied, rebuilt, json.loads(json.dumps(states))):
-        frame, _ = ind.update_indicators(variant, bars.iloc[70:])
-        frame_same(frame, full.iloc[70:], COLS)
-    ind.clear_state_memo()
-    frame, _ = ind.update_indicators(states, bars.iloc[70:])
-    frame_same(frame, full.iloc[70:], COLS)
+def test_states_take_drop_merge():
+    bars = pd.concat([make_bars(40, 1, name="B"), make_bars(30, 2, name="A"),
+                      make_bars(35, 3, name="C")], ignore_index=True)
+    _, states = ind.compute_indicators_with_state(bars)
+    assert states.names.tolist() == ["A", "B", "C"] and "B" in states and "Z" not in states
+    assert states.rows(["C", "Z", "A"]).tolist() == [2, -1, 0]
+    with pytest.raises(KeyError, match="Z"):
+        states.take(["A", "Z"])
+    assert states.drop(["B", "Z"]).names.tolist() == ["A", "C"]
+    _, newer = ind.compute_indicators_with_state(make_bars(12, 9, name="B"))
+    merged = states.merge(newer)
+    assert merged.names.tolist() == ["A", "B", "C"]
+    assert merged.take(["B"]).equals(newer) and merged.take(["A", "C"]).equals(
+        states.take(["A", "C"]))
+    assert states.merge(IndicatorStates.empty(IndicatorParams(rsi_window=9))).equals(states)
+    with pytest.raises(ValueError, match="other params"):
+        states.merge(ind.compute_indicators_with_state(make_bars(12, 9), PARAMS[1])[1])
+    with pytest.raises(ValueError, match="twice"):
+        IndicatorStates(states.spec, ["A", "A"], [1, 1], [0, 0], np.zeros((2, 3)),
+                        np.zeros((2, 2)))
+    table = states.to_arrow().replace_schema_metadata({b"indicator_state": b'{"version": 1}'})
+    with pytest.raises(ValueError, match="state version 1"):
+        IndicatorStates.from_arrow(table)

@@ -21,7 +21,9 @@ from pathlib import Path
 
 import pandas as pd
 
-CACHE_FORMAT = 1
+from cluster.features.indicators import IndicatorStates
+
+CACHE_FORMAT = 2  # 2: indicator states as IndicatorStates arrays
 
 
 @dataclass
@@ -29,7 +31,7 @@ class CacheSnapshot:
     feature_set: str
     data_version: int
     meta: pd.DataFrame        # index instrument: data_version, first_date, last_date, rows
-    states: dict[str, dict]   # instrument -> indicator state
+    states: IndicatorStates   # indicator states, one row per instrument
     tail: pd.DataFrame        # instrument, date, bar columns, indicator columns
     calendar: pd.DatetimeIndex
 

@@ -30,7 +30,7 @@ def tail_length() -> int:
 class Computed:
     features: pd.DataFrame  # instrument, date, feature columns, feature_set, data_version
     tail: pd.DataFrame      # instrument, date, bar columns, indicator columns
-    states: dict[str, dict]
+    states: indicators.IndicatorStates
     meta: pd.DataFrame      # index instrument: data_version, first_date, last_date, rows
 
 
@@ -47,7 +47,8 @@ def compute_full(bars: pd.DataFrame, calendar: pd.DatetimeIndex, fs: FeatureSet,
     return Computed(features, tail, states, meta)
 
 
-def compute_append(new_bars: pd.DataFrame, tail: pd.DataFrame, states: dict[str, dict],
+def compute_append(new_bars: pd.DataFrame, tail: pd.DataFrame,
+                   states: indicators.IndicatorStates,
                    calendar: pd.DatetimeIndex, fs: FeatureSet, data_version: int,
                    meta: pd.DataFrame) -> Computed:
     """New days of instruments whose cached history is unchanged.
@@ -71,8 +72,8 @@ def compute_append(new_bars: pd.DataFrame, tail: pd.DataFrame, states: dict[str,
     # the series carries the indicators too: cached rows have theirs, new calendar
     # rows get the updated ones (NaN where the day has no bar), so the emitted rows
     # and the new tail take them by position instead of joining on the key
-    picked = {i: states[i] for i in names}
-    ind_new, new_states = indicators.update_indicators(picked, new_bars, fs.params)
+    ind_new, new_states = indicators.update_indicators(states.take(names), new_bars,
+                                                       fs.params)
     ind_cols = fs.indicator_columns
     grid_new = grid_new.merge(ind_new[KEY + ind_cols], on=KEY, how="left")
     series = pd.concat([old[KEY + VALUE_COLUMNS + ind_cols], grid_new])
@@ -91,7 +92,7 @@ def compute_append(new_bars: pd.DataFrame, tail: pd.DataFrame, states: dict[str,
     new_meta["data_version"] = data_version
     new_meta["last_date"] = ends.reindex(names).to_numpy()
     new_meta["rows"] = new_meta["rows"] + added.reindex(names).fillna(0).astype(int).to_numpy()
-    return Computed(features, new_tail, {**new_states}, new_meta)
+    return Computed(features, new_tail, new_states, new_meta)
 
 
 def _assemble(alpha: pd.DataFrame, ind: pd.DataFrame, fs: FeatureSet,

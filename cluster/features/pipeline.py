@@ -27,6 +27,7 @@ from cluster.events import EventBus, FeaturesUpdated, get_bus
 from cluster.features.cache import CacheSnapshot, FeatureCache
 from cluster.features.compute import Computed, compute_append, compute_full
 from cluster.features.featureset import FeatureSet, current_feature_set
+from cluster.features.indicators import IndicatorStates
 from cluster.lake import tables
 from cluster.lake.bars import BarsTable
 from cluster.lake.features import FeaturesTable
@@ -208,7 +209,7 @@ class FeaturePipeline:
             raise
         snap.meta = snap.meta.iloc[0:0]
         snap.tail = snap.tail.iloc[0:0]
-        snap.states = {}
+        snap.states = IndicatorStates.empty()
         _merge_into(snap, *collected)
         return sum(json.loads(f["stats"])["numRecords"] for f in written), features_version
 
@@ -302,8 +303,7 @@ def _merge_into(snap: CacheSnapshot, *parts: Computed) -> None:
         tails.insert(0, snap.tail[~snap.tail["instrument"].isin(names)])
     snap.tail = pd.concat(tails, ignore_index=True).sort_values(
         ["instrument", "date"], kind="stable").reset_index(drop=True)
-    for p in parts:
-        snap.states.update(p.states)
+    snap.states = snap.states.merge(*(p.states for p in parts))
 
 
 def _empty_snapshot(feature_set: str, version: int, calendar) -> CacheSnapshot:
@@ -312,7 +312,8 @@ def _empty_snapshot(feature_set: str, version: int, calendar) -> CacheSnapshot:
                          "rows": pd.Series(dtype="int64"),
                          "data_version": pd.Series(dtype="int64")})
     meta.index.name = "instrument"
-    return CacheSnapshot(feature_set, version, meta, {}, pd.DataFrame(), calendar)
+    return CacheSnapshot(feature_set, version, meta, IndicatorStates.empty(), pd.DataFrame(),
+                         calendar)
 
 
 def _chunks(items: list, size: int) -> list[list]:
