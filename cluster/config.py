@@ -79,8 +79,36 @@ class AlertThresholds(_Section):
     drift_score: float = 0.3
 
 
+class ResourceThresholds(_Section):
+    # fractions of the node's capacity (Ray's object store; this node's CPU and memory)
+    object_store: float = Field(0.9, gt=0, le=1)
+    node_cpu: float = Field(0.95, gt=0, le=1)
+    node_memory: float = Field(0.9, gt=0, le=1)
+
+
+class DriftSettings(_Section):
+    psi_threshold: float = Field(0.2, gt=0)
+    ks_alpha: float = Field(0.01, gt=0, lt=1)
+    window_days: int = Field(20, ge=1)
+    bins: int = Field(10, ge=2)
+
+
 class MonitoringSettings(_Section):
     alert_thresholds: AlertThresholds = AlertThresholds()
+    resource_thresholds: ResourceThresholds = ResourceThresholds()
+    drift: DriftSettings = DriftSettings()
+    # accuracy_drop: the rolling realised RankIC over this many evaluated days (at least
+    # accuracy_min_days of them) below the version's test RankIC by more than the threshold
+    accuracy_window_days: int = Field(60, ge=1)
+    accuracy_min_days: int = Field(40, ge=1)
+    # what an alert of a rule does besides being recorded: rule -> rollback | retrain
+    actions: dict[str, Literal["rollback", "retrain"]] = {}
+    webhook_url: str | None = None
+    webhook_retries: int = Field(3, ge=0)
+    webhook_backoff_s: float = Field(0.5, ge=0)
+    # the job a retrain action submits
+    retrain_job: Literal["train", "tune"] = "train"
+    topk_fraction: float = Field(0.1, gt=0, le=0.5)
 
 
 class ApiSettings(_Section):

@@ -94,12 +94,23 @@ class DeploymentChanged(Event):
 
 
 class AlertRaised(Event):
+    """An alert rule's breach began (``cluster.monitoring.alerts``)."""
     type: Literal["alert_raised"] = "alert_raised"
-    alert: str
+    alert: str                              # the alert's id (stable while it lasts)
     severity: Literal["info", "warning", "critical"] = "warning"
     value: float | None = None
     threshold: float | None = None
     message: str = ""
+    rule: str = ""
+    model: str | None = None
+    version: str | None = None
+    day: date | None = None
+    action: str | None = None
+
+
+class AlertResolved(AlertRaised):
+    """The breach of a raised alert ended."""
+    type: Literal["alert_resolved"] = "alert_resolved"
 
 
 class LakeMaintained(Event):
@@ -112,7 +123,7 @@ class LakeMaintained(Event):
 
 
 _EVENT_CLASSES = (DataSynced, FeaturesUpdated, TrainingProgress, ModelRegistered,
-                  DeploymentChanged, AlertRaised, LakeMaintained)
+                  DeploymentChanged, AlertRaised, AlertResolved, LakeMaintained)
 AnyEvent = Annotated[Union[_EVENT_CLASSES], Field(discriminator="type")]
 _ADAPTER = TypeAdapter(AnyEvent)
 EVENT_TYPES = [t.model_fields["type"].default for t in _EVENT_CLASSES]

@@ -4,6 +4,13 @@ synthetic market (or --source) -> validated ingest (a data version) -> features
 (indicators + Alpha158 + label, incremental against the factor cache) -> train
 a model (LightGBM by default) through the training engine -> register it
 (state ``trained``, lineage to the data version) -> JSON summary last on stdout.
+
+``--monitor`` closes the loop: train on the first half of the trading days,
+validate on the next 10% (test: the 10% after that), batch-score every day after
+the validation segment with ``jobs.predict``'s scorer, run the monitor, and add
+``"monitor": {"days_evaluated", "alerts": [...], "ic_decay": {...}}`` to the summary.
+``--regime-shift-at F`` (synthetic source) shifts the market's regime after
+fraction F of the days, so the scored stretch holds days before and after it.
 Runs directly or as ``ray job submit --working-dir . -- python -m jobs.pipeline``.
 """
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+import pandas as pd
 import yaml
 
 from cluster.config import get_settings
@@ -43,6 +51,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="train with the seed's default hyper-parameters, not the demo's")
     p.add_argument("--no-train", action="store_true", help="stop after the features")
     p.add_argument("--local", action="store_true", help="compute features without Ray")
+    p.add_argument("--regime-shift-at", type=float, default=None, metavar="F",
+                   help="synthetic: volatility doubles and the learnable signal flips sign "
+                   "after fraction F of the days")
+    p.add_argument("--monitor", action="store_true", help="train on the first half, "
+                   "batch-score after validation, run the monitor")
     return p.parse_args(argv)
 
 
@@ -61,7 +74,9 @@ def main(argv: list[str] | None = None) -> dict:
     params = model_params(args)
     settings = get_settings()
     summary: dict = {"ingest": ingest(args.source, on_error=args.on_error, stocks=args.stocks,
-                                      days=args.days, seed=args.seed, show_progress=True)}
+                                      days=args.days, seed=args.seed,
+                                      regime_shift_at=args.regime_shift_at,
+                                      show_progress=True)}
     summary["data_version"] = summary["ingest"]["data_version"]
 
     with progress_bar(total=100, desc="features", unit="%") as bar:
@@ -74,7 +89,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.no_train:
         return summary
 
-    result = TrainingEngine(settings).run(TrainRequest(args.model, params=params))
+    segments = monitor_segments(settings) if args.monitor else None
+    result = TrainingEngine(settings).run(TrainRequest(args.model, params=params,
+                                                       segments=segments))
     summary["train"] = {
         "model": args.model, "run_id": result.run_id, "state": result.state,
         "registry_name": result.registry_name, "version": result.version,
@@ -85,7 +102,40 @@ def main(argv: list[str] | None = None) -> dict:
     }
     if result.state != "completed":
         raise SystemExit(f"training failed: {result.error}")
+    if args.monitor:
+        summary["monitor"] = monitor_loop(settings, result, segments, use_ray=not args.local)
     return summary
+
+
+def monitor_segments(settings) -> dict[str, tuple[str, str]]:
+    """Train on the first 50% of the trading days, validate on the next 10%, test on
+    the 10% after that; everything after validation is batch-scored."""
+    from cluster.features.alpha158 import LABEL_NAME
+    from cluster.lake.features import FeaturesTable
+    dates = FeaturesTable(settings.lake_dir).read(columns=[LABEL_NAME])["date"]
+    cal = sorted(set(dates))
+    n = len(cal)
+    a, b, c = int(n * 0.5), int(n * 0.6), int(n * 0.7)
+    if a < 10 or c >= n:
+        raise ValueError(f"--monitor needs more trading days than {n}")
+    day = lambda i: str(cal[i].date())      # noqa: E731
+    return {"train": (day(0), day(a - 1)), "valid": (day(a), day(b - 1)),
+            "test": (day(b), day(c - 1))}
+
+
+def monitor_loop(settings, result, segments, use_ray: bool = True) -> dict:
+    from cluster.events import get_bus
+    from cluster.monitoring.batch import score
+    from cluster.monitoring.monitor import Monitor
+    start = (pd.Timestamp(segments["valid"][1]) + pd.Timedelta(days=1)).date()
+    scored = score(result.registry_name, result.version, start=start, settings=settings,
+                   use_ray=use_ray)
+    mon = Monitor(settings, bus=get_bus(settings.lake_dir)).run(result.registry_name)
+    keys = ("rule", "model", "version", "day", "state", "value", "threshold")
+    return {"days_evaluated": mon["days_evaluated"], "scored_rows": scored["rows"],
+            "scored_from": str(start),
+            "alerts": [{k: a[k] for k in keys} for a in mon["alerts"]],
+            "ic_decay": mon["ic_decay"]}
 
 
 if __name__ == "__main__":

@@ -168,3 +168,27 @@ def append(lake_dir: Path, table: pa.Table, dt=None):
     merge = needs_schema_merge(dt)
     write_deltalake(dt, table, mode="append", **({"schema_mode": "merge"} if merge else {}))
     return dt
+
+
+def table_version(lake_dir: Path) -> int | None:
+    p = path(lake_dir)
+    return tables.open_table(p).version() if tables.exists(p) else None
+
+
+def first_date_added_since(lake_dir: Path, version: int | None):
+    """The earliest ``date`` of the data files added after ``version`` (from the log's
+    file statistics, no data read); None when nothing was added."""
+    p = path(lake_dir)
+    if not tables.exists(p):
+        return None
+    dt = tables.open_table(p)
+    if version is not None and dt.version() <= version:
+        return None
+    now = tables.add_actions(dt)
+    if version is not None:
+        old = set(tables.add_actions(tables.open_table(p, version)).column("path").to_pylist())
+        keep = pa.array([x not in old for x in now.column("path").to_pylist()])
+        now = now.filter(keep)
+    if now.num_rows == 0 or "min.date" not in now.column_names:
+        return None
+    return pc.min(now.column("min.date")).as_py()
