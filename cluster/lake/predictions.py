@@ -163,7 +163,7 @@ def append(lake_dir: Path, table: pa.Table, dt=None):
     if dt is None and tables.exists(p):
         dt = DeltaTable(str(p))
     if dt is None:
-        write_deltalake(str(p), table, mode="append")
+        write_deltalake(str(p), table, mode="append", configuration=tables.TABLE_CONFIG)
         return DeltaTable(str(p))
     merge = needs_schema_merge(dt)
     write_deltalake(dt, table, mode="append", **({"schema_mode": "merge"} if merge else {}))

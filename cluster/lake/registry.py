@@ -70,3 +70,9 @@ register(TableSpec("events", cluster_by=("offset",),
 register(TableSpec("predictions", description="served and batch predictions, time order"))
 register(TableSpec("quarantine", cluster_by=("ingest_id",),
                    description="rejected rows and files with the reason"))
+# Monitoring (cluster/monitoring/store.py): readers filter on version and date.
+register(TableSpec("monitoring", cluster_by=("model_id", "kind", "date"),
+                   description="realised performance, IC decay, drift score per version/day"))
+register(TableSpec("drift", cluster_by=("model_id", "date", "feature"),
+                   description="PSI / KS / tail share per version, day and feature"))
+register(TableSpec("alerts", description="alert transitions (raised/resolved/acked), time order"))

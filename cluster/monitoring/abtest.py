@@ -17,7 +17,9 @@ arm), by the project's one scorer. Then on the paired daily difference
   nonasymptotic confidence sequences"). With ``S_t = sum d_i`` over ``t`` days and
   the Newey-West long-run standard deviation ``s``, a difference is declared only
   when ``|S_t| / s >= sqrt((t + m) * ln((t + m) / (m * alpha**2)))`` (``m`` =
-  ``MIXTURE_DAYS``, where the boundary is tightest). The boundary holds at every
+  ``MIXTURE_DAYS``, where the boundary is tightest; ``s`` is the larger of the
+  Newey-West and the plain standard deviation, as a HAC estimate from a few weeks
+  of data is noisy and an underestimate would make early looks too bold). The boundary holds at every
   ``t`` at once with probability ``1 - alpha`` under "no difference", so looking
   at the result every day and stopping at the first crossing keeps the error rate
   at ``alpha`` (a fixed-sample test checked daily would not). Until it is
@@ -30,7 +32,7 @@ import pandas as pd
 
 from cluster.training.metrics import daily_ic
 
-MIN_DAYS = 10
+MIN_DAYS = 20
 MIXTURE_DAYS = 20
 MIN_KEYS = 5
 
@@ -75,6 +77,9 @@ def decide(d: np.ndarray, alpha: float = 0.05) -> tuple[str, float, float]:
     sd, _ = newey_west(d)
     if not np.isfinite(sd):
         return "none", float("nan"), boundary(t, alpha)
+    # a short series' HAC estimate is noisy and can fall below the plain standard
+    # deviation: the larger of the two keeps early looks conservative
+    sd = max(sd, float(d.std(ddof=1)))
     z = float(d.sum() / sd)
     b = boundary(t, alpha)
     if abs(z) < b:

@@ -74,7 +74,8 @@ class Table:
                 frame = frame.assign(**{field.name: None})
         table = to_arrow(frame, self.schema)
         write_deltalake(str(self.path), table, mode="append",
-                        commit_properties=tables.commit_properties(meta or {}))
+                        commit_properties=tables.commit_properties(meta or {}),
+                        **({} if self.exists() else {"configuration": tables.TABLE_CONFIG}))
         return tables.open_table(self.path).version()
 
     def read(self, filters: list | None = None, columns: list[str] | None = None
