@@ -192,3 +192,39 @@ def first_date_added_since(lake_dir: Path, version: int | None):
     if now.num_rows == 0 or "min.date" not in now.column_names:
         return None
     return pc.min(now.column("min.date")).as_py()
+
+
+def per_hour(lake_dir: Path, since, until=None) -> pd.DataFrame:
+    """Predictions made per hour from ``since`` (a timestamp, UTC): columns ``hour``
+    (UTC, the hour's start), ``version``, ``source`` and ``count`` (rows). Only
+    ``time, version, source`` are read, with a filter on ``time``: files are appended
+    in time order, so Delta skips every file older than ``since`` on its statistics
+    and the cost stays that of the window, whatever the table's age."""
+    p = path(lake_dir)
+    if not tables.exists(p):
+        return count_per_hour(SCHEMA.empty_table())
+    filters = [("time", ">=", _utc(since))] + ([("time", "<", _utc(until))] if until else [])
+    dt = tables.open_table(p)
+    stored = {f.name for f in dt.schema().fields}
+    cols = [c for c in ("time", "version", "source", "shadow") if c in stored]
+    return count_per_hour(conform(pa.table(dt.to_pyarrow_table(columns=cols, filters=filters))))
+
+
+def _utc(ts):
+    ts = pd.Timestamp(ts)
+    return (ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")).to_pydatetime()
+
+
+def count_per_hour(table: pa.Table) -> pd.DataFrame:
+    """Rows of a predictions table (``time, version, source``) counted per hour."""
+    if table.num_rows == 0:
+        return pd.DataFrame({"hour": pd.Series(dtype="datetime64[us, UTC]"),
+                             "version": pd.Series(dtype=object),
+                             "source": pd.Series(dtype=object), "count": pd.Series(dtype="int64")})
+    hours = pc.floor_temporal(table.column("time"), unit="hour")
+    grouped = pa.table({"hour": hours, "version": table.column("version"),
+                        "source": table.column("source")}) \
+        .group_by(["hour", "version", "source"]).aggregate([("hour", "count")])
+    out = grouped.select(["hour", "version", "source", "hour_count"]) \
+        .rename_columns(["hour", "version", "source", "count"]).to_pandas()
+    return out.sort_values(["hour", "version", "source"], ignore_index=True)
