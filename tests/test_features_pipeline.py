@@ -16,6 +16,7 @@ from cluster.features import alpha158
 from cluster.features.compute import compute_full
 from cluster.features.featureset import current_feature_set
 from cluster.features.pipeline import FeaturePipeline
+from cluster.lake import tables
 from cluster.lake.bars import BarsTable
 from cluster.lake.features import FeaturesTable
 from cluster.sources.adjust import yahoo_to_canonical
@@ -160,7 +161,7 @@ def test_full_run_matches_direct_computation_and_records_lineage(tmp_path):
     got = FeaturesTable(pipe.lake).read()
     assert set(got["feature_set"]) == {fs.id} and set(got["data_version"]) == {0}
     calendar = pd.DatetimeIndex(sorted(bars["date"].unique()))
-    want = compute_full(bars, calendar, fs, 0).features
+    want = tables.to_frame(compute_full(bars, calendar, fs, 0).features)
     pd.testing.assert_frame_equal(comparable(got), comparable(want), check_exact=False,
                                   rtol=1e-6)
     # the label is two days ahead: close(t+2)/close(t+1) - 1
@@ -220,7 +221,6 @@ def test_failed_full_run_keeps_the_previous_version_and_no_stray_files(tmp_path,
 
 
 def test_full_run_files_carry_the_stats_readers_prune_on(tmp_path):
-    from cluster.lake import tables
     bars = market(6, 80, seed=9)
     _, table, pipe, _ = lake(tmp_path)
     table.commit(bars, "bars")

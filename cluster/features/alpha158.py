@@ -163,12 +163,17 @@ def reindex_to_calendar(bars: pd.DataFrame, calendar) -> pd.DataFrame:
     column of ``bars`` is kept. A bar dated off the calendar, or two bars of one
     instrument on one date, raise ``ValueError``.
     """
+    return reindex_with_rows(bars, calendar)[0]
+
+
+def reindex_with_rows(bars: pd.DataFrame, calendar) -> tuple[pd.DataFrame, np.ndarray]:
+    """``reindex_to_calendar`` and, for each row of ``bars``, its row in the output."""
     cal = pd.DatetimeIndex(pd.to_datetime(calendar)).unique().sort_values()
     cal_ns = cal.as_unit("ns").asi8
     date_col = pd.to_datetime(bars["date"])
     out_dtype = date_col.dtype
     if len(bars) == 0:
-        return bars.iloc[0:0].reset_index(drop=True)
+        return bars.iloc[0:0].reset_index(drop=True), np.zeros(0, dtype=np.int64)
     codes, uniques = pd.factorize(bars["instrument"], sort=True)
     d_ns = pd.DatetimeIndex(date_col).as_unit("ns").asi8
     pos = np.searchsorted(cal_ns, d_ns)
@@ -196,11 +201,9 @@ def reindex_to_calendar(bars: pd.DataFrame, calendar) -> pd.DataFrame:
     dates = cal_ns[cal_pos].astype("datetime64[ns]")
     if str(out_dtype).startswith("datetime64"):
         dates = dates.astype(out_dtype)
-    data = {
-        "instrument": pd.array(np.asarray(uniques, dtype=object)[inst_out],
-                               dtype=bars["instrument"].dtype),
-        "date": dates,
-    }
+    first_row = np.empty(n_inst, dtype=np.int64)  # a row of each instrument in ``bars``
+    first_row[codes[::-1]] = np.arange(len(codes) - 1, -1, -1)
+    data = {"instrument": bars["instrument"].array.take(first_row[inst_out]), "date": dates}
     for col in bars.columns:
         if col in _KEY:
             continue
@@ -211,7 +214,7 @@ def reindex_to_calendar(bars: pd.DataFrame, calendar) -> pd.DataFrame:
             dst = np.full(total, None, dtype=object)
         dst[target] = src
         data[col] = dst
-    return pd.DataFrame(data, columns=list(bars.columns))
+    return pd.DataFrame(data, columns=list(bars.columns)), target
 
 
 # --------------------------------------------------------------------------- #
@@ -221,6 +224,55 @@ def reindex_to_calendar(bars: pd.DataFrame, calendar) -> pd.DataFrame:
 _W = np.array(WINDOWS, dtype=np.int64)
 
 
+@nb.njit(inline="always")
+def _sorted_insert(arr, n, x):  # pragma: no cover - numba
+    """Insert ``x`` into the sorted ``arr[:n]`` (after equal values)."""
+    lo = 0
+    hi = n
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if arr[mid] <= x:
+            lo = mid + 1
+        else:
+            hi = mid
+    for p in range(n, lo, -1):
+        arr[p] = arr[p - 1]
+    arr[lo] = x
+
+
+@nb.njit(inline="always")
+def _sorted_remove(arr, n, x):  # pragma: no cover - numba
+    """Remove one value equal to ``x`` from the sorted ``arr[:n]`` (it holds one)."""
+    lo = 0
+    hi = n
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if arr[mid] < x:
+            lo = mid + 1
+        else:
+            hi = mid
+    for p in range(lo, n - 1):
+        arr[p] = arr[p + 1]
+
+
+@nb.njit(inline="always")
+def _slide_sorted(c, i, pre, srt, cnt):  # pragma: no cover - numba
+    """Move the sorted windows of non-NaN closes (one per WINDOWS entry) to end at
+    row ``i``: the row leaving each window out (if it was ever put in: rows from
+    ``pre``), row ``i`` in."""
+    x = np.float64(c[i])
+    for w in range(5):
+        jo = i - _W[w]
+        if jo >= pre:
+            xo = np.float64(c[jo])
+            if not np.isnan(xo):
+                _sorted_remove(srt[w], cnt[w], xo)
+                cnt[w] -= 1
+        if not np.isnan(x):
+            _sorted_insert(srt[w], cnt[w], x)
+            cnt[w] += 1
+
+
 @nb.njit(cache=True, nogil=True, error_model="numpy")
 def _rolling_kernel(c, h, l, vden, v, posc, negc, absc, gt, lt, lv, r1, lr, wv,
                     posv, negv, absv, starts, ends, firsts, out):  # pragma: no cover - numba
@@ -228,15 +280,24 @@ def _rolling_kernel(c, h, l, vden, v, posc, negc, absc, gt, lt, lv, r1, lr, wv,
 
     Arrays are float32 per row (Qlib's stored/element-wise precision); every
     window is accumulated in float64 from its own rows, newest first, so the
-    nested windows 5 <= 10 <= ... <= 60 share one pass.
+    nested windows 5 <= 10 <= ... <= 60 share one pass. The quantiles read each
+    window's closes sorted: one sorted array per window, slid along the rows (a
+    value out, a value in) instead of sorting every window again.
     """
     W = _W
-    buf = np.empty(64, dtype=np.float64)
+    srt = np.empty((5, 64), dtype=np.float64)
+    cnt = np.zeros(5, dtype=np.int64)
     nan = np.nan
     r = 0
     for k in range(starts.shape[0]):
         s = starts[k]
+        # the sorted windows start empty at ``pre`` and are complete by firsts[k]
+        pre = max(s, firsts[k] - (W[4] - 1))
+        cnt[:] = 0
+        for i in range(pre, firsts[k]):
+            _slide_sorted(c, i, pre, srt, cnt)
         for i in range(firsts[k], ends[k]):
+            _slide_sorted(c, i, pre, srt, cnt)
             ci = np.float64(c[i])
             ci_nan = np.isnan(ci)
             vd = np.float64(vden[i])
@@ -339,11 +400,6 @@ def _rolling_kernel(c, h, l, vden, v, posc, negc, absc, gt, lt, lv, r1, lr, wv,
                                 nless += 1
                             elif x == ci:
                                 nequal += 1
-                        p = nc - 1
-                        while p > 0 and buf[p - 1] > x:
-                            buf[p] = buf[p - 1]
-                            p -= 1
-                        buf[p] = x
                     x = np.float64(h[j])
                     if np.isnan(x):
                         nanh = j
@@ -491,6 +547,7 @@ def _rolling_kernel(c, h, l, vden, v, posc, negc, absc, gt, lt, lv, r1, lr, wv,
                 out[base + 35, r] = mn / ci
                 # QTLU, QTLD
                 if nc > 0:
+                    buf = srt[w]  # this window's nc closes, sorted
                     for q, col in ((0.8, base + 40), (0.2, base + 45)):
                         fidx = q * (nc - 1)
                         lo = int(fidx)
@@ -627,6 +684,15 @@ def _shift1(a: np.ndarray, starts: np.ndarray) -> np.ndarray:
 
 
 def _compute(bars: pd.DataFrame, n_new) -> pd.DataFrame:
+    out, sel = _values(bars, n_new)
+    frame = pd.DataFrame(out.T, columns=_OUT_NAMES, index=bars.index[sel], copy=False)
+    frame.insert(0, "date", bars["date"].to_numpy()[sel])
+    frame.insert(0, "instrument", bars["instrument"].array.take(sel))
+    return frame
+
+
+def _values(bars: pd.DataFrame, n_new) -> tuple[np.ndarray, np.ndarray]:
+    """(values: one float32 row per output column, positions of the output rows)."""
     starts, ends = _blocks(bars) if len(bars) else (np.zeros(0, np.int64), np.zeros(0, np.int64))
     if n_new is None:
         firsts = starts.copy()
@@ -711,10 +777,7 @@ def _compute(bars: pd.DataFrame, n_new) -> pd.DataFrame:
             _rolling_kernel(c, h, l, vden, v, posc, negc, absc, gt, lt, lv, r1, lr, wv,
                             posv, negv, absv, starts, ends, firsts.astype(np.int64), out)
 
-    frame = pd.DataFrame(out.T, columns=_OUT_NAMES, index=bars.index[sel], copy=False)
-    frame.insert(0, "date", bars["date"].to_numpy()[sel])
-    frame.insert(0, "instrument", bars["instrument"].array.take(sel))
-    return frame
+    return out, sel
 
 
 def compute_alpha158(bars: pd.DataFrame) -> pd.DataFrame:
@@ -727,6 +790,12 @@ def compute_alpha158(bars: pd.DataFrame) -> pd.DataFrame:
     ``instrument``, ``date``, the 158 features and ``LABEL0`` (float32).
     """
     return _compute(bars, None)
+
+
+def alpha158_values(bars: pd.DataFrame) -> np.ndarray:
+    """``compute_alpha158``'s values alone: one float32 row per column (the 158
+    features, then LABEL0), one column per row of ``bars``."""
+    return _values(bars, None)[0]
 
 
 def compute_alpha158_tail(bars_with_history: pd.DataFrame, n_new) -> pd.DataFrame:

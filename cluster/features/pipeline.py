@@ -164,11 +164,10 @@ class FeaturePipeline:
             bars = self.bars.read(version, instruments=plan.full)
             parts.append(compute_full(bars, snap.calendar, self.fs, version))
         if parts:
-            frame = pd.concat([p.features for p in parts], ignore_index=True)
-            table = tables.to_arrow(frame, self.fs.schema)
+            table = pa.concat_tables([p.features for p in parts])
             features_version = self.features.append(
-                table, self._meta(version, "incremental", len(frame)))
-            rows += len(frame)
+                table, self._meta(version, "incremental", table.num_rows))
+            rows += table.num_rows
             _merge_into(snap, *parts)
         snap.data_version = version
         progress(95.0, "saving factor cache")
@@ -231,8 +230,10 @@ def compute_block(instruments: list[str], files: dict[str, list[str]],
     the features themselves never travel back to the driver."""
     bars = read_bar_files(instruments, files)
     part = compute_full(bars, calendar, fs, version)
-    action = FeaturesTable(lake_dir).write_file(tables.to_arrow(part.features, fs.schema), name)
-    cache = pickle.dumps(Computed(part.features.iloc[0:0], part.tail, part.states, part.meta))
+    action = FeaturesTable(lake_dir).write_file(part.features, name)
+    # an empty table, not a slice: a pickled slice carries its parent's buffers
+    cache = pickle.dumps(Computed(part.features.schema.empty_table(), part.tail, part.states,
+                                  part.meta))
     return pa.table({"file": [json.dumps(action)], CACHE_COLUMN: pa.array([cache], pa.binary())})
 
 

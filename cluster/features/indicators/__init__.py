@@ -18,6 +18,7 @@ history gives.
 from cluster.features.indicators.frames import (
     compute_indicators,
     compute_indicators_with_state,
+    indicator_values,
     update_indicators,
 )
 from cluster.features.indicators.spec import (
@@ -44,6 +45,7 @@ __all__ = [
     "indicator_columns",
     "indicator_definitions",
     "indicator_lookback",
+    "indicator_values",
     "indicator_warmup",
     "state_fields",
     "tail_layout",

@@ -152,11 +152,25 @@ def update_indicators(states: IndicatorStates | None, new_bars: pd.DataFrame,
     instruments (those of ``states`` without new rows passed through). Neither
     argument is modified.
     """
+    b, out, rows, new_states = _update(states, _read_bars(new_bars), params)
+    return _frame(b, out, spec_of(params), rows), new_states
+
+
+def indicator_values(bars: pd.DataFrame, params: IndicatorParams | None = None
+                     ) -> tuple[np.ndarray, IndicatorStates]:
+    """``compute_indicators_with_state``'s values alone: one float64 row per
+    column of ``indicator_columns(params)``, one column per row of ``bars``."""
+    _, out, _, states = _update(None, _read_bars(bars), params)
+    return out, states
+
+
+def _update(states: IndicatorStates | None, b: _Bars, params: IndicatorParams | None):
+    """(bars, values of the computed rows, their positions in ``b`` (None: all),
+    the new states)."""
     s = spec_of(params)
     if states is None:
         states = IndicatorStates.empty(params)
     states.check(params)
-    b = _read_bars(new_bars)
     m = len(b.names)
     n0 = np.zeros(m, dtype=np.int64)
     last = np.full(m, np.iinfo(np.int64).min, dtype=np.int64)
@@ -187,9 +201,8 @@ def update_indicators(states: IndicatorStates | None, new_bars: pd.DataFrame,
 
     out = np.full((len(s.columns), int(starts[-1])), np.nan)
     if not len(names):
-        return _frame(b, out, s, rows), states
+        return b, out, rows, states
     new_tails = kernel.run(s, cols, starts, n0, carry, tails, out)
-    frame = _frame(b, out, s, rows)
     updated = IndicatorStates(s.fingerprint, names, n0 + counts, dates[starts[1:] - 1],
                               new_tails, carry)
-    return frame, states.merge(updated)
+    return b, out, rows, states.merge(updated)
