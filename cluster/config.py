@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from cluster.errors import ConfigError
@@ -176,6 +176,14 @@ class QueueSettings(_Section):
     run_in_api: bool = True
 
 
+class RegistrySettings(_Section):
+    # HMAC key that signs every artefact hash (cluster/registry/signing.py): the key
+    # itself, or a file holding it (default $MLOPS_HOME/keys/registry.key, made on
+    # first use). A changed hash tag then fails like a changed byte.
+    signing_key: SecretStr | None = None
+    signing_key_file: Path | None = None
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MLOPS_", env_nested_delimiter="__",
                                       extra="forbid")
@@ -190,6 +198,7 @@ class Settings(BaseSettings):
     api: ApiSettings = ApiSettings()
     serving: ServingSettings = ServingSettings()
     queue: QueueSettings = QueueSettings()
+    registry: RegistrySettings = RegistrySettings()
 
     @property
     def lake_dir(self) -> Path:

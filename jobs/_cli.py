@@ -33,6 +33,9 @@ def run(main: Callable[[list[str] | None], object], argv: list[str] | None = Non
     setup_logging()
     had_ray = _ray_connected()
     try:
+        from cluster.config import get_settings
+        from cluster.ray_env import check_home_for_job
+        check_home_for_job(get_settings())
         summary = main(argv)
     except MlopsError as exc:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)

@@ -59,6 +59,32 @@ def ray_session():
     ray.shutdown()
 
 
+@pytest.fixture(scope="session")
+def private_cluster():
+    """One private multi-node Ray for the session (``tests/ray_cluster.py``): a head with
+    the dashboard and a worker, separate ``ray start`` processes with their own temp dirs,
+    labels ``head`` / ``worker``. For ``ray job submit`` and the state API; a test that
+    kills a node adds its own extra worker for that."""
+    from tests.ray_cluster import RAY, PrivateCluster
+    if not Path(RAY).exists():
+        pytest.skip("ray CLI not found next to the interpreter")
+    cluster = PrivateCluster.start(head_cpus=1, workers={"worker": 1})
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A private PostgreSQL server for the session (``tests/pg.py``), or a skip naming why."""
+    from tests.pg import PostgresServer, ensure_installed
+    reason = ensure_installed()
+    if reason:
+        pytest.skip(reason)
+    server = PostgresServer().init()
+    yield server
+    server.destroy()
+
+
 _passed = 0
 
 

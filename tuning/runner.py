@@ -337,9 +337,13 @@ def _register_checkpoint(req, best, data, settings, name, lineage) -> dict:
     checkpoint = best["result"].checkpoint
     if checkpoint is None:
         raise MlopsError(f"trial {best['trial_id']} has no checkpoint to register")
+    from cluster.registry.signing import signing_key, verify_folder
     with checkpoint.as_directory() as path:
-        model = pickle.loads((Path(path) / "model.pkl").read_bytes())
-        report = json.loads((Path(path) / "report.json").read_text())
+        # the trial signed what it wrote: a file changed since is refused, not re-hashed
+        files = verify_folder(Path(path), signing_key(settings), f"trial {best['trial_id']} "
+                                                                 "checkpoint")
+        model = pickle.loads(files["model.pkl"])
+        report = json.loads(files["report.json"])
     report["tune"] = {**lineage, "fold_valid_rank_ic": best["fold_valid_rank_ic"],
                       METRIC: best[METRIC]}
     info = report.get("data", {})

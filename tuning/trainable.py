@@ -153,12 +153,13 @@ class _Trial:
     def load(self, checkpoint) -> None:
         if checkpoint is None:
             return
+        from cluster.registry.signing import signing_key, verify_folder
         with checkpoint.as_directory() as path:
-            state = json.loads((Path(path) / "state.json").read_text())
+            files = verify_folder(Path(path), signing_key(self.setup.settings))
+            state = json.loads(files["state.json"])
             self.done = {int(k): v for k, v in state["folds"].items()}
             self.model_fold = int(state.get("model_fold", -1))
-            self.blobs = {name: (Path(path) / name).read_bytes() for name in ARTEFACTS
-                          if (Path(path) / name).exists()}
+            self.blobs = {name: files[name] for name in ARTEFACTS if name in files}
 
     def metrics(self, row: dict | None = None, fold: int | None = None) -> dict:
         estimates = [f["valid_rank_ic"] for f in self.done.values()]
@@ -212,6 +213,10 @@ class _Trial:
             (Path(tmp) / "state.json").write_text(json.dumps(state, default=str))
             for name, blob in self.blobs.items():
                 (Path(tmp) / name).write_bytes(blob)
+            # signed: registration and resume refuse a checkpoint changed on disk since
+            from cluster.registry.signing import signing_key, write_manifest
+            write_manifest(Path(tmp), ["state.json", *self.blobs],
+                           signing_key(self.setup.settings))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
 

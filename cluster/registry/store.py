@@ -9,19 +9,29 @@ the params. Our state lives in model-version tags:
 - ``lineage.*``: data version, feature set, training config hash, code version,
   parent model, Tune experiment and trial;
 - ``sha256.<artefact>``: checked on every load, a changed byte is refused;
+  ``mlops.signature`` signs them (HMAC, ``signing.py``), so a changed hash tag is
+  refused too;
 - ``feature_set``: loading against another feature set is refused.
 
+State moves are claimed in the lifecycle ledger first (``ledger.py``), so they are
+atomic across processes, and a model has at most one ``production`` version:
+promotion deprecates the previous one in the same move.
+
 SQLite under ``$MLOPS_HOME`` by default; any MLflow URI (e.g. PostgreSQL) by
-setting ``tracking_uri``.
+setting ``tracking_uri``. A database that cannot be reached raises
+``RegistryUnavailable`` (retry when it is back), never "no such version".
 """
 from __future__ import annotations
 
+import functools
 import hashlib
+import logging
 import os
 import json
 import pickle
 import tempfile
 import threading
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +39,11 @@ from typing import Any
 from cluster.errors import MlopsError
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-from cluster.registry.lifecycle import STATES, Transition, make_transition
+from cluster.registry import signing
+from cluster.registry.lifecycle import STATES, IllegalTransition, Transition, make_transition
+from cluster.registry.signing import IntegrityError  # noqa: F401 (raised from here too)
+
+log = logging.getLogger(__name__)
 
 EXPERIMENT = "mlops-models"
 ARTEFACTS = ("model.pkl", "report.json", "config.json")
@@ -40,8 +54,13 @@ class RegistryError(MlopsError):
     """A registry lookup failed (no such model or version)."""
 
 
-class IntegrityError(MlopsError):
-    """An artefact's bytes differ from the sha256 recorded at registration."""
+class RegistryUnavailable(MlopsError):
+    """The registry's database cannot be reached right now; the call changed nothing
+    that was not recorded, and succeeds when it is retried once the database is back."""
+
+
+class ConcurrentTransition(IllegalTransition):
+    """Another process moved the same version first; this move was refused."""
 
 
 class CompatibilityError(MlopsError):
@@ -95,6 +114,55 @@ class ModelVersionInfo:
         return asdict(self) | {"model_id": self.model_id}
 
 
+def _redacted(uri: str) -> str:
+    """The URI without a password (it goes into error messages and logs)."""
+    scheme, sep, rest = uri.partition("://")
+    creds, at, host = rest.rpartition("@")
+    if not at or ":" not in creds:
+        return uri
+    return f"{scheme}{sep}{creds.split(':', 1)[0]}:***@{host}"
+
+
+class _db_errors:
+    """Turn "cannot reach the database" (MLflow's TEMPORARILY_UNAVAILABLE, SQLAlchemy's
+    OperationalError) into ``RegistryUnavailable`` naming the database."""
+
+    def __init__(self, uri: str):
+        self.uri = uri
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if exc is None or isinstance(exc, MlopsError) or not _unreachable(exc):
+            return False
+        raise RegistryUnavailable(
+            f"the registry database {_redacted(self.uri)} is unavailable "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:300]}); nothing was changed "
+            "that is not recorded: retry when it is back") from exc
+
+
+def _unreachable(exc: BaseException) -> bool:
+    import sqlalchemy.exc as sa_exc
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError,
+                            sa_exc.DisconnectionError, ConnectionError)):
+            return True
+        if getattr(exc, "error_code", None) == "TEMPORARILY_UNAVAILABLE":
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+def _guarded(method):
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        with _db_errors(self.uri):
+            return method(self, *args, **kwargs)
+    return call
+
+
 _lock = threading.Lock()
 
 
@@ -102,19 +170,35 @@ class ModelRegistry:
     @classmethod
     def for_settings(cls, settings) -> "ModelRegistry":
         """The registry a component with these settings uses (home + tracking URI)."""
-        return cls(home=settings.home, tracking_uri=settings.tracking_uri)
+        return cls(home=settings.home, tracking_uri=settings.tracking_uri, settings=settings)
 
-    def __init__(self, tracking_uri: str | None = None, home: Path | None = None):
+    def __init__(self, tracking_uri: str | None = None, home: Path | None = None,
+                 settings=None):
         from cluster.config import get_settings
-        settings = get_settings()
+        settings = settings or get_settings()
         self.home = Path(home or settings.home)
         self.uri = tracking_uri or (f"sqlite:///{(self.home / 'mlflow.db').resolve()}"
                                     if home else settings.registry_uri)
         if self.uri.startswith("sqlite:///"):
             Path(self.uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         from mlflow import MlflowClient
-        self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+        with _db_errors(self.uri):
+            self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
         self._experiment_id: str | None = None
+        self._settings = settings
+        self._key: bytes | None = None
+        from cluster.registry import ledger
+        self._ledger = ledger.Ledger(self.uri) if ledger.supports(self.uri) else None
+        if self._ledger is None:
+            log.warning("registry %s is not an SQL database: lifecycle moves are atomic "
+                        "within this process only", _redacted(self.uri))
+
+    @property
+    def key(self) -> bytes:
+        """The HMAC key that signs artefact hashes (``signing.signing_key``)."""
+        if self._key is None:
+            self._key = signing.signing_key(self._settings, home=self.home)
+        return self._key
 
     # -- registration ------------------------------------------------------
     @property
@@ -130,6 +214,7 @@ class ModelRegistry:
                 self._experiment_id = exp.experiment_id
         return self._experiment_id
 
+    @_guarded
     def register(self, name: str, model: Any, *, lineage: Lineage, report: dict,
                  config: dict, metrics: dict[str, float] | None = None,
                  params: dict | None = None, state: str = "trained", actor: str = "train",
@@ -164,7 +249,7 @@ class ModelRegistry:
             "feature_set": lineage.feature_set,
             "mlops.state": state,
             "mlops.transition.0001": json.dumps(transition.to_dict()),
-            **{f"sha256.{k}": v for k, v in hashes.items()},
+            **self._signed_hash_tags(run_id, hashes, lineage.feature_set),
         }
         with _lock:
             try:
@@ -184,32 +269,105 @@ class ModelRegistry:
         keys = sorted(k for k in tags if k.startswith("mlops.transition."))
         return [Transition.from_dict(json.loads(tags[k])) for k in keys]
 
+    inflight_wait_s = 30.0      # how long a claimed, unmirrored move counts as in flight
+
     def transition(self, name: str, version: str | int, to_state: str, actor: str,
-                   reason: str = "") -> Transition:
-        """Move a version to ``to_state`` if the state machine allows it (else raise)."""
-        with _lock:
-            mv = self._mv(name, version)
-            current = mv.tags.get("mlops.state")
-            t = make_transition(current, to_state, actor, reason)
-            n = 1 + sum(1 for k in mv.tags if k.startswith("mlops.transition."))
-            self.client.set_model_version_tag(name, str(version), f"mlops.transition.{n:04d}",
-                                              json.dumps(t.to_dict()))
-            self.client.set_model_version_tag(name, str(version), "mlops.state", to_state)
-            if to_state in ALIASED_STATES:
-                self.client.set_registered_model_alias(name, to_state, str(version))
-            if current in ALIASED_STATES and current != to_state:
+                   reason: str = "", expected_state: str | None = None) -> Transition:
+        """Move a version to ``to_state`` if the state machine allows it (else raise
+        ``IllegalTransition``). Atomic across processes: of two moves of one version at
+        once exactly one wins, the other raises ``ConcurrentTransition``; with
+        ``expected_state`` (the state the caller saw) a version that moved since is
+        refused the same way. A move to ``production`` deprecates the model's other
+        production version in the same step."""
+        version = str(version)
+        if self._ledger is None:
+            with _lock:
+                plan, t = self._plan_move(name, version, to_state, actor, reason,
+                                          expected_state)
+                self._apply_move(name, plan)
+            return t
+        with _db_errors(self.uri):
+            for _ in range(20):
+                seq = self._roll_forward(name, self.inflight_wait_s)
+                plan, t = self._plan_move(name, version, to_state, actor, reason,
+                                          expected_state)
+                if self._ledger.claim(name, seq + 1, plan):
+                    self._apply_move(name, plan)
+                    self._ledger.mark_applied(name, seq + 1)
+                    return t
+                mine = {m["version"] for m in plan}
+                for _, record in self._ledger.since(name, seq):
+                    for m in record:
+                        if m["version"] in mine:
+                            raise ConcurrentTransition(
+                                f"{name}/{m['version']} was moved {m['from']} -> {m['to']} by "
+                                f"{m['transition']['actor']} at the same time; this move to "
+                                f"{to_state!r} was refused (state now {m['to']!r})")
+            raise ConcurrentTransition(f"{name}: too many concurrent lifecycle moves; "
+                                       f"{name}/{version} -> {to_state} not done, retry it")
+
+    def _plan_move(self, name: str, version: str, to_state: str, actor: str, reason: str,
+                   expected_state: str | None = None) -> tuple[list[dict], Transition]:
+        """The per-version moves of one step (deprecations first), checked against the
+        state machine on the current tags."""
+        mv = self._mv(name, version)
+        current = mv.tags.get("mlops.state")
+        if expected_state is not None and current != expected_state:
+            raise ConcurrentTransition(f"{name}/{version} is {current!r}, not the "
+                                       f"{expected_state!r} this move to {to_state!r} "
+                                       "expected: another process moved it first; refused")
+        t = make_transition(current, to_state, actor, reason)
+        plan = []
+        if to_state == "production":
+            found = self.client.search_model_versions(
+                f"name = '{_q(name)}' and tags.`mlops.state` = 'production'")
+            for other in found:
+                if str(other.version) != version:
+                    old = make_transition("production", "deprecated", actor,
+                                          f"replaced by {name}/{version}: {reason}".rstrip(": "))
+                    plan.append(_move_entry(other, old))
+        plan.append(_move_entry(mv, t))
+        return plan, t
+
+    def _apply_move(self, name: str, plan: list[dict]) -> None:
+        """Mirror a claimed move into the version tags and aliases (idempotent)."""
+        for m in plan:
+            version, frm, to = m["version"], m["from"], m["to"]
+            self.client.set_model_version_tag(name, version, f"mlops.transition.{m['n']:04d}",
+                                              json.dumps(m["transition"]))
+            self.client.set_model_version_tag(name, version, "mlops.state", to)
+            if to in ALIASED_STATES:
+                self.client.set_registered_model_alias(name, to, version)
+            if frm in ALIASED_STATES and frm != to:
                 try:
-                    alias_version = self.client.get_model_version_by_alias(name, current).version
-                    if str(alias_version) == str(version):
-                        self.client.delete_registered_model_alias(name, current)
+                    held = self.client.get_model_version_by_alias(name, frm).version
                 except Exception:
-                    pass
-        return t
+                    continue        # no such alias any more
+                if str(held) == version:
+                    self.client.delete_registered_model_alias(name, frm)
+
+    def _roll_forward(self, name: str, fresh_s: float = 30.0) -> int:
+        """Apply moves that were claimed but not mirrored (their process died), after
+        waiting a little for ones still in flight; returns the latest move number."""
+        deadline = time.monotonic() + fresh_s
+        while True:
+            pending = self._ledger.unapplied(name)
+            if not pending:
+                return self._ledger.head(name)
+            if time.monotonic() > deadline:
+                for seq, record in pending:
+                    log.warning("%s: completing lifecycle move %d left half-done: %s", name,
+                                seq, [(m["version"], m["to"]) for m in record])
+                    self._apply_move(name, record)
+                    self._ledger.mark_applied(name, seq)
+                return self._ledger.head(name)
+            time.sleep(0.05)
 
     def by_state(self, name: str, state: str) -> list[ModelVersionInfo]:
         return [v for v in self.versions(name) if v.state == state]
 
     # -- reading -----------------------------------------------------------
+    @_guarded
     def get(self, name: str, version: str | int) -> ModelVersionInfo:
         mv = self._mv(name, version)
         metrics = {}
@@ -218,10 +376,12 @@ class ModelRegistry:
         return ModelVersionInfo(name, str(mv.version), mv.tags.get("mlops.state", "trained"),
                                 mv.run_id, mv.tags.get("feature_set"), dict(mv.tags), metrics)
 
+    @_guarded
     def versions(self, name: str) -> list[ModelVersionInfo]:
         found = self.client.search_model_versions(f"name = '{_q(name)}'")
         return sorted((self.get(name, mv.version) for mv in found), key=lambda v: int(v.version))
 
+    @_guarded
     def lineage(self, name: str, version: str | int) -> dict:
         info = self.get(name, version)
         lin = {k[len("lineage."):]: v for k, v in info.tags.items() if k.startswith("lineage.")}
@@ -233,17 +393,21 @@ class ModelRegistry:
         lin["model_id"] = info.model_id
         return lin
 
+    @_guarded
     def artefact_bytes(self, name: str, version: str | int, artefact: str) -> bytes:
         """One stored artefact's bytes, sha256-checked against registration."""
         return self._verified_bytes(name, version, artefact)
 
+    @_guarded
     def artefact_json(self, name: str, version: str | int, artefact: str) -> dict:
         return json.loads(self._verified_bytes(name, version, artefact))
 
+    @_guarded
     def verify(self, name: str, version: str | int) -> dict[str, str]:
         """sha256 of every artefact, checked against registration; raises on a mismatch."""
         return {a: _sha256(self._verified_bytes(name, version, a)) for a in ARTEFACTS}
 
+    @_guarded
     def load(self, name: str, version: str | int, expected_feature_set: str | None = None):
         """The model object, after integrity and (optionally) feature-set checks."""
         info = self.get(name, version)
@@ -253,6 +417,7 @@ class ModelRegistry:
                 f"not the current {expected_feature_set!r}; retrain it on the current features")
         return pickle.loads(self._verified_bytes(name, version, "model.pkl"))
 
+    @_guarded
     def search(self, name: str | None = None, state: str | None = None,
                tags: dict[str, str] | None = None, metric: str | None = None,
                min_value: float | None = None, descending: bool = True,
@@ -280,12 +445,28 @@ class ModelRegistry:
     # -- internals ---------------------------------------------------------
     def _mv(self, name: str, version: str | int):
         try:
-            return self.client.get_model_version(name, str(version))
+            with _db_errors(self.uri):
+                return self.client.get_model_version(name, str(version))
+        except RegistryUnavailable:
+            raise
         except Exception as exc:
-            raise RegistryError(f"no model version {name}/{version} in {self.uri}") from exc
+            raise RegistryError(f"no model version {name}/{version} in "
+                                f"{_redacted(self.uri)}") from exc
+
+    def _signed_hash_tags(self, run_id: str, hashes: dict[str, str], feature_set: str) -> dict:
+        """``sha256.<artefact>`` tags and the signature binding them to the run."""
+        tags = {f"sha256.{k}": v for k, v in hashes.items()}
+        tags[signing.SIGNATURE_TAG] = signing.sign(self.key, _signed_payload(run_id, tags,
+                                                                            feature_set))
+        return tags
+
+    def _check_signature(self, mv) -> None:
+        signing.check(self.key, _signed_payload(mv.run_id, mv.tags, mv.tags.get("feature_set")),
+                      mv.tags.get(signing.SIGNATURE_TAG), f"{mv.name}/{mv.version}")
 
     def _verified_bytes(self, name: str, version: str | int, artefact: str) -> bytes:
         mv = self._mv(name, version)
+        self._check_signature(mv)
         expected = mv.tags.get(f"sha256.{artefact}")
         if expected is None:
             raise IntegrityError(f"{name}/{version} has no recorded sha256 for {artefact}")
@@ -301,6 +482,20 @@ class ModelRegistry:
 
 def _sha256(blob: bytes | str) -> str:
     return hashlib.sha256(blob.encode() if isinstance(blob, str) else blob).hexdigest()
+
+
+def _signed_payload(run_id: str, tags: dict, feature_set: str | None) -> dict:
+    """What a version's signature covers: its run, every artefact hash, its feature set."""
+    return {"run_id": run_id, "feature_set": feature_set,
+            "sha256": {k: v for k, v in tags.items() if k.startswith("sha256.")}}
+
+
+def _move_entry(mv, t: Transition) -> dict:
+    n = 1 + sum(1 for k in mv.tags if k.startswith("mlops.transition."))
+    return {"version": str(mv.version), "from": t.from_state, "to": t.to_state, "n": n,
+            "transition": t.to_dict()}
+
+
 
 
 def _canonical_json(obj) -> str:
