@@ -214,8 +214,10 @@ class Settings(BaseSettings):
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings,
                                    dotenv_settings, file_secret_settings):
         # Precedence: explicit arguments > MLOPS_* variables > mlops.yaml > defaults.
+        # The feature definitions changed over the API (cluster.features.catalog) sit
+        # under home, between the variables and the file.
         return (init_settings, _TokensEnvSource(settings_cls), env_settings,
-                _YamlSource(settings_cls))
+                _FeatureParamsSource(settings_cls), _YamlSource(settings_cls))
 
 
 def parse_tokens(value: str | list) -> dict[str, str]:
@@ -263,6 +265,38 @@ class _TokensEnvSource(PydanticBaseSettingsSource):
                                                      ("token_hashes", "MLOPS_API_TOKEN_HASHES"))
                if os.environ.get(var)}
         return {"api": api} if api else {}
+
+
+class _FeatureParamsSource(PydanticBaseSettingsSource):
+    """``$MLOPS_HOME/features/params.json``: indicator parameters changed over the API
+    (``PUT /api/features/{id}``), so every job started afterwards computes them."""
+
+    def get_field_value(self, field, field_name):  # pragma: no cover - unused
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        home = os.environ.get("MLOPS_HOME")
+        if home is None:
+            path = config_path()
+            home = (read_yaml_section(path).get("home") if path is not None else None) \
+                or ".mlops"
+        stored = read_feature_params(Path(home))
+        return {"feature_pipeline": {"indicators": stored}} if stored else {}
+
+
+FEATURE_PARAMS_FILE = Path("features") / "params.json"
+
+
+def read_feature_params(home: Path) -> dict | None:
+    """The indicator parameters stored under ``home`` by a feature change (None: none)."""
+    import json
+    path = Path(home) / FEATURE_PARAMS_FILE
+    try:
+        return json.loads(path.read_text())["indicators"]
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{path}: unreadable feature parameters ({exc})") from None
 
 
 def read_yaml_section(path: Path) -> dict[str, Any]:

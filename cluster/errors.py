@@ -86,3 +86,7 @@ class LayoutError(LakeError):
 
 class TrainingStopped(MlopsError):
     """A training run was stopped from outside (its stop flag was set)."""
+
+
+class NotFoundError(MlopsError):
+    """What a request names does not exist (no such instrument, run, job, version)."""

@@ -50,6 +50,12 @@ class ApiContext:
         from cluster.events import get_bus
         return get_bus(self.settings.lake_dir)
 
+    def explanations(self):
+        if "explain" not in self._lazy:
+            from cluster.explain.service import Explanations
+            self._lazy["explain"] = Explanations(self.registry, self.settings)
+        return self._lazy["explain"]
+
     def job_queue(self):
         if self.queue is None:
             from cluster.resources import JobQueue

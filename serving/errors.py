@@ -16,7 +16,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from cluster.errors import LakeError, MlopsError
+from cluster.errors import LakeError, MlopsError, NotFoundError
+from cluster.explain.predictor import NotExplainable
 from cluster.registry.lifecycle import IllegalTransition
 from cluster.registry.store import CompatibilityError, IntegrityError, RegistryError
 from serving.control import DeploymentConflict
@@ -26,8 +27,7 @@ from serving.versions import InputError, VersionUnhealthy
 log = logging.getLogger(__name__)
 
 
-class NotFound(MlopsError):
-    """The thing a route names does not exist (yet): 404 with what is missing."""
+NotFound = NotFoundError     # the thing a route names does not exist (yet): 404
 
 
 class TooLarge(MlopsError):
@@ -55,7 +55,7 @@ ERROR_RESPONSES = {code: {"model": ErrorBody, "description": text}
 _STATUS = [(NotReady, 503), (NotFound, 404), (TooLarge, 413), (InputError, 422),
            (RegistryError, 404), (LakeError, 404), (DeploymentConflict, 409),
            (IllegalTransition, 409), (IntegrityError, 422), (CompatibilityError, 422),
-           (VersionUnhealthy, 422), (MlopsError, 409), (ValueError, 422)]
+           (VersionUnhealthy, 422), (NotExplainable, 422), (MlopsError, 409), (ValueError, 422)]
 
 
 def status_of(exc: Exception) -> int:

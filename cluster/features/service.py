@@ -11,7 +11,7 @@ from typing import Callable
 import pandas as pd
 
 from cluster.config import Settings, get_settings
-from cluster.errors import MlopsError
+from cluster.errors import MlopsError, NotFoundError
 from cluster.lake.features import FeaturesTable
 
 
@@ -24,7 +24,7 @@ def read_instrument_features(stock_code: str, version: int | None = None, start=
         raise MlopsError("no features yet: run `python -m jobs.features` first")
     frame = table.read(version, instruments=[stock_code], start=start, end=end, columns=columns)
     if frame.empty:
-        raise MlopsError(f"no features for instrument {stock_code!r}"
+        raise NotFoundError(f"no features for instrument {stock_code!r}"
                          + (f" at features version {version}" if version is not None else ""))
     return frame
 

@@ -399,6 +399,48 @@ class ModelRegistry:
         return self._verified_bytes(name, version, artefact)
 
     @_guarded
+    def attach_artefact(self, name: str, version: str | int, artefact: str,
+                        blob: bytes) -> None:
+        """Add a derived artefact to an existing version (e.g. its global explanation,
+        computed once). Its hash and HMAC go in ONE tag of their own,
+        ``derived.<artefact>``, so the version's signed registration hashes stay as they
+        are and a reader never sees half of an update; read it with ``derived_bytes``."""
+        if artefact in ARTEFACTS or artefact == signing.MANIFEST:
+            raise RegistryError(f"{artefact} is a registered artefact; it cannot be replaced")
+        mv = self._mv(name, version)
+        self._check_signature(mv)           # never vouch for a version already changed
+        digest = _sha256(blob)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / artefact
+            path.write_bytes(blob)
+            self.client.log_artifact(mv.run_id, str(path))
+        record = {"sha256": digest, "signature": signing.sign(
+            self.key, {"run_id": mv.run_id, "artefact": artefact, "sha256": digest})}
+        self.client.set_model_version_tag(name, str(version), f"derived.{artefact}",
+                                          json.dumps(record))
+
+    @_guarded
+    def derived_bytes(self, name: str, version: str | int, artefact: str) -> bytes | None:
+        """A derived artefact's bytes (None when never attached), hash and HMAC checked."""
+        mv = self._mv(name, version)
+        raw = mv.tags.get(f"derived.{artefact}")
+        if raw is None:
+            return None
+        try:
+            record = json.loads(raw)
+        except ValueError:
+            raise IntegrityError(f"{name}/{version}: tag derived.{artefact} is not JSON") from None
+        signing.check(self.key, {"run_id": mv.run_id, "artefact": artefact,
+                                 "sha256": record.get("sha256")}, record.get("signature"),
+                      f"{name}/{version} {artefact}")
+        with tempfile.TemporaryDirectory() as tmp:
+            blob = Path(self.client.download_artifacts(mv.run_id, artefact, tmp)).read_bytes()
+        if _sha256(blob) != record["sha256"]:
+            raise IntegrityError(f"{name}/{version}: {artefact} does not match its recorded "
+                                 "sha256; refusing it")
+        return blob
+
+    @_guarded
     def artefact_json(self, name: str, version: str | int, artefact: str) -> dict:
         return json.loads(self._verified_bytes(name, version, artefact))
 

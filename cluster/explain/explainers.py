@@ -1,0 +1,191 @@
+"""One explainer per model family; each returns, for rows ``x`` (raw features in the
+model's order), the base value and per-feature SHAP values of every row.
+
+- ``TreeContrib``: LightGBM's ``pred_contrib`` / XGBoost's ``pred_contribs`` (the
+  libraries' own TreeSHAP, over the trees the model predicts with). The default for
+  trees: ``bench/explain.py`` (LightGBM, 180 features, 200 trees) found the same
+  values as ``shap.TreeExplainer`` (max difference 0.0) at about the same speed,
+  local and global (ratios 0.8-1.4 either way on this shared machine), and it needs
+  no explainer built per version (shap's: 0.4-1.8 s to rebuild the booster at its
+  best iteration and convert it).
+- ``ShapTree``: ``shap.TreeExplainer`` on the booster cut at the model's best
+  iteration (kept for the bench and as ``method="shap"``).
+- ``LinearShap``: ``shap.LinearExplainer`` on the ridge model's scaled inputs (the
+  model is linear in them): exact, ``coef * (scaled x - background mean)``.
+- ``PermutationShap``: ``shap.PermutationExplainer`` (model-agnostic, additive by
+  construction) over a fixed background; for the non-sequence torch models. Its
+  permutations come from NumPy's global generator, so every row is explained under a
+  lock right after seeding it: the same model and row always give identical values.
+"""
+from __future__ import annotations
+
+import contextlib
+import sys
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from cluster.explain.predictor import NotExplainable, row_predictor
+
+EXPLAIN_SEED = 20240607
+BACKGROUND_ROWS = 50         # permutation explainer: rows integrated over per evaluation
+SMALL_BATCH = 64
+PERMUTATIONS = 2             # forward + backward passes each; values stay exactly additive
+
+_global_rng_lock = threading.Lock()
+
+
+@dataclass
+class Explained:
+    base: np.ndarray          # (n,) base value of each row
+    values: np.ndarray        # (n, features)
+    predictions: np.ndarray   # (n,) the model's predictions of the rows
+
+
+def _rows(x) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return x.reshape(1, -1) if x.ndim == 1 else x
+
+
+class TreeContrib:
+    method = "pred_contrib"
+
+    def __init__(self, model):
+        from cluster.models.gbdt import LightGBMModel, XGBoostModel
+        self.model = model
+        if isinstance(model, LightGBMModel):
+            self.kind = "lightgbm"
+        elif isinstance(model, XGBoostModel):
+            self.kind = "xgboost"
+        else:
+            raise NotExplainable(f"{type(model).__name__} is not a LightGBM/XGBoost model")
+
+    def explain(self, x) -> Explained:
+        x = _rows(x)
+        m = self.model
+        if self.kind == "lightgbm":
+            it = m.best_epoch or None
+            # a few rows: one thread (OpenMP's start-up dominates, and spikes p99 on a
+            # busy machine); many: the library's default pool
+            threads = {"num_threads": 1} if len(x) < SMALL_BATCH else {}
+            contrib = m.model.predict(x, pred_contrib=True, num_iteration=it, **threads)
+        else:
+            import xgboost as xgb
+            rounds = (0, m.best_epoch) if m.best_epoch else (0, 0)
+            contrib = m.model.predict(xgb.DMatrix(x, missing=np.nan), pred_contribs=True,
+                                      iteration_range=rounds)
+        contrib = np.asarray(contrib, dtype=np.float64)
+        values, base = contrib[:, :-1], contrib[:, -1]
+        return Explained(base, values, m.predict_array(x).astype(np.float64))
+
+
+class ShapTree:
+    method = "shap.TreeExplainer"
+
+    def __init__(self, model):
+        import shap
+        TreeContrib(model)                          # same families
+        booster = model.model
+        if hasattr(booster, "model_to_string"):     # LightGBM: only the trees it predicts with
+            import lightgbm as lgb
+            booster = lgb.Booster(model_str=booster.model_to_string(
+                num_iteration=model.best_epoch or None))
+        elif model.best_epoch:                      # XGBoost: slice to the best iteration
+            booster = booster[: model.best_epoch]
+        self.model = model
+        self.explainer = shap.TreeExplainer(booster)
+
+    def explain(self, x) -> Explained:
+        x = _rows(x)
+        values = np.asarray(self.explainer.shap_values(x), dtype=np.float64)
+        base = np.full(len(x), float(np.ravel(self.explainer.expected_value)[0]))
+        return Explained(base, values, self.model.predict_array(x).astype(np.float64))
+
+
+class LinearShap:
+    method = "shap.LinearExplainer"
+
+    def __init__(self, model, background: np.ndarray | None):
+        import shap
+        self.model = model
+        width = len(model.coef_)
+        bg = (model.scaler.transform(_rows(background)) if background is not None
+              and len(background) else np.zeros((1, width)))
+        masker = shap.maskers.Independent(bg, max_samples=len(bg))
+        self.explainer = shap.LinearExplainer((np.asarray(model.coef_, dtype=np.float64),
+                                               float(model.intercept_)), masker)
+
+    def explain(self, x) -> Explained:
+        x = _rows(x)
+        scaled = self.model.scaler.transform(x)
+        values = np.asarray(self.explainer.shap_values(scaled), dtype=np.float64).reshape(
+            len(x), -1)
+        base = np.full(len(x), float(np.ravel(self.explainer.expected_value)[0]))
+        return Explained(base, values, self.model.predict_array(x).astype(np.float64))
+
+
+def fixed_background(reference: np.ndarray, rows: int = BACKGROUND_ROWS,
+                     seed: int = EXPLAIN_SEED) -> np.ndarray:
+    """A fixed subsample of the training reference rows (the same every time)."""
+    reference = _rows(reference)
+    if len(reference) <= rows:
+        return reference
+    idx = np.sort(np.random.default_rng(seed).choice(len(reference), rows, replace=False))
+    return reference[idx]
+
+
+class PermutationShap:
+    method = "shap.PermutationExplainer"
+
+    def __init__(self, model, features: list[str], background: np.ndarray,
+                 permutations: int = PERMUTATIONS, seed: int = EXPLAIN_SEED):
+        import shap
+        if background is None or not len(background):
+            raise NotExplainable("no background sample: this version has no training "
+                                 "reference sample (registered before it existed)")
+        self.predict = row_predictor(model, features)
+        self.background = fixed_background(background, seed=seed)
+        self.seed = seed
+        self.max_evals = permutations * (2 * len(features) + 1)
+        masker = shap.maskers.Independent(self.background, max_samples=len(self.background))
+        self.explainer = shap.PermutationExplainer(self.predict, masker, seed=seed)
+
+    def explain(self, x) -> Explained:
+        x = _rows(x)
+        base, values = np.empty(len(x)), np.empty(x.shape, dtype=np.float64)
+        with _global_rng_lock, _one_torch_thread():
+            for i, row in enumerate(x):
+                np.random.seed(self.seed)           # each row on its own, identically
+                out = self.explainer(row[None, :], max_evals=self.max_evals, silent=True)
+                values[i] = np.asarray(out.values, dtype=np.float64).reshape(-1)
+                base[i] = float(np.ravel(out.base_values)[0])
+            return Explained(base, values, self.predict(x))
+
+
+@contextlib.contextmanager
+def _one_torch_thread():
+    """Torch's intra-op pool on many small batches: a 2-row explanation took 27 s with
+    2 threads on the busy 2-core machine and 0.09 s with 1 (measured)."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def explainer_for(model, features: list[str], background: np.ndarray | None,
+                  method: str | None = None):
+    """The explainer of a model from the zoo (``method="shap"`` for trees: shap's own)."""
+    from cluster.models.gbdt import LightGBMModel, XGBoostModel
+    from cluster.models.linear import LinearRidgeModel
+    if isinstance(model, (LightGBMModel, XGBoostModel)):
+        return ShapTree(model) if method == "shap" else TreeContrib(model)
+    if isinstance(model, LinearRidgeModel):
+        return LinearShap(model, background)
+    return PermutationShap(model, features, background)
