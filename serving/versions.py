@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
-import pandas as pd
 
 from cluster.errors import MlopsError
 
@@ -71,19 +70,11 @@ class LoadedVersion:
 
 def _predictor(model, features: list[str]) -> Callable[[np.ndarray], np.ndarray]:
     """The row-level prediction call of a model from the zoo."""
-    if hasattr(model, "predict_array"):          # LightGBM, XGBoost, linear
-        return model.predict_array
-    if getattr(model, "sequence", False):
-        raise VersionUnhealthy("sequence models need each instrument's history window; "
-                               "serving them is not supported yet")
-    if hasattr(model, "predict_frame"):          # the non-sequence torch models
-        def predict(x: np.ndarray) -> np.ndarray:
-            index = pd.MultiIndex.from_arrays(
-                [pd.DatetimeIndex([pd.Timestamp("2000-01-03")] * len(x)),
-                 [f"row{i}" for i in range(len(x))]], names=["datetime", "instrument"])
-            return model.predict_frame(pd.DataFrame(x, index=index, columns=features)).to_numpy()
-        return predict
-    raise VersionUnhealthy(f"{type(model).__name__} has no row-level prediction method")
+    from cluster.models.rows import NoRowPrediction, row_predictor
+    try:
+        return row_predictor(model, features)
+    except NoRowPrediction as exc:
+        raise VersionUnhealthy(str(exc)) from None
 
 
 def load_version(registry, model_id: str, feature_set: str | None) -> LoadedVersion:
