@@ -16,6 +16,10 @@ can sit beside other clusters; Serve's high-throughput mode, the variables of
 leaves it and Serve running (``ray stop`` ends them). The HTTP API listens on
 ``api.host:api.port`` (default 127.0.0.1:8000).
 
+Deploy, promote and rollback need an operator token in ``MLOPS_TOKEN`` (one of
+``MLOPS_API_TOKENS``): the control plane refuses calls without one and writes every
+call, refused ones included, to the audit log.
+
 Prints a JSON object last on stdout: deployment, split, state, rolled_back (and
 model_id, strategy, stable, reason, url). ``canary`` and ``blue_green`` wait
 until promoted or rolled back; ``ab`` and ``shadow`` until their split is live
@@ -161,23 +165,26 @@ def summary(status: dict, url: str | None = None) -> dict:
 
 def main(argv=None):
     args = parse_args(argv)
-    from serving.clients import ActorControl, control_actor
+    from serving.clients import CLIENT_TOKEN, ActorControl, control_actor
     how = connect(args.address, args.num_cpus)
     print(f"ray: {how}", file=sys.stderr, flush=True)
     url = ensure_serve(args.deployment, args.replicas)
-    control = ActorControl(control_actor(args.deployment))
+    control = ActorControl(control_actor(args.deployment), args.deployment)
     who = f"cli:{os.environ.get('USER', 'unknown')}"
     if args.status:
         return summary(control.call_sync("status"), url)
+    # the control plane checks the operator token and writes the audit record
+    token = os.environ.get(CLIENT_TOKEN)
     if args.promote or args.rollback:
         method = "promote" if args.promote else "rollback"
-        return summary(control.call_sync(method, who, f"{method} from jobs.deploy"), url)
+        return summary(control.call_sync(method, who, f"{method} from jobs.deploy",
+                                         token=token), url)
     gates = {k: v for k, v in {"min_requests": args.min_requests,
                                "max_error_rate": args.max_error_rate, "p99_ms": args.p99_ms,
                                "max_ic_drop": args.max_ic_drop}.items() if v is not None}
     model_id = f"{args.model}/{args.version}"
     status = control.call_sync("deploy", model_id, args.strategy, args.weights, args.steps,
-                               args.window, gates, who)
+                               args.window, gates, who, token=token)
     print(f"{args.strategy} rollout of {model_id} started", file=sys.stderr, flush=True)
     if args.no_wait:
         return summary(status, url)

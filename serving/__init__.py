@@ -5,8 +5,11 @@ traffic splits, with gated rollouts and automatic rollback.
 - ``versions``    a registry version loaded (integrity + feature set checked) and health-checked
 - ``inputs``      features of instruments on a date, read from the lake's features table
 - ``runtime``     one replica: loaded versions, the request path, sync with the control plane
-- ``control``     one deployment's desired state and rollouts (plain Python)
-- ``rollout``     strategies blue_green / canary / ab / shadow, registry moves
+- ``control``     the one interface to a deployment: operator calls (authorised,
+  audited), replica heartbeats; built on ``desired`` (the persisted desired state)
+  and ``replicas`` (the replica registry)
+- ``rollout``     strategies blue_green / canary / ab / shadow, every registry move,
+  reconciliation; talks to ``control`` through ``RolloutHost`` only
 - ``gates``, ``stats``  what a rollout step is judged on
 - ``predictions`` the buffered ``predictions`` Delta table
 - ``auth``        bearer tokens with roles, audit log

@@ -5,15 +5,28 @@ routes do not know which one they hold. The actor is named and detached (one
 per deployment, in namespace ``mlops``): it outlives the process that created
 it (``jobs.deploy``) and is shared by every replica. It is a threaded actor, so
 a replica's heartbeat is answered while a rollout thread waits on its window.
+
+Ray restarts the actor whenever its process dies (``max_restarts=-1``): the new
+one restores the persisted desired state, resumes a running rollout and
+reconciles the registry (``serving.control``). Handles stay valid across a
+restart; a client whose actor was removed for good (killed without restart, its
+node lost) looks it up by name again, creating it when nobody else did.
+
+Operator calls carry the caller's token (``token=``): the actor checks it and
+writes the audit record. ``jobs.deploy`` reads it from ``MLOPS_TOKEN``, which
+never travels to actors or replicas.
 """
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 
 from serving.control import DEFAULT_DEPLOYMENT, ControlPlane
 
 NAMESPACE = "mlops"
+CLIENT_TOKEN = "MLOPS_TOKEN"     # the caller's own token; never copied to actors
+log = logging.getLogger(__name__)
 
 
 class LocalControl:
@@ -33,11 +46,16 @@ class LocalControl:
 class ActorControl:
     """The deployment's control-plane actor."""
 
-    def __init__(self, handle):
+    def __init__(self, handle, deployment: str | None = None):
         self.handle = handle
+        self.deployment = deployment
 
     async def sync(self, replica_id, revision, loaded, stats):
-        return await self.handle.sync.remote(replica_id, revision, loaded, stats)
+        try:
+            return await self.handle.sync.remote(replica_id, revision, loaded, stats)
+        except Exception as exc:
+            self._refresh(exc)
+            raise
 
     async def call(self, method: str, *args, **kwargs):
         with _original_errors():
@@ -47,6 +65,17 @@ class ActorControl:
         import ray
         with _original_errors():
             return ray.get(getattr(self.handle, method).remote(*args, **kwargs))
+
+    def _refresh(self, exc: Exception) -> None:
+        """After the actor died for good, find (or recreate) the deployment's actor."""
+        from ray.exceptions import ActorDiedError, ActorUnavailableError
+        if self.deployment is None or isinstance(exc, ActorUnavailableError) \
+                or not isinstance(exc, ActorDiedError):
+            return          # restarting, or another failure: the same handle will do
+        try:
+            self.handle = control_actor(self.deployment)
+        except Exception as again:  # the next heartbeat tries again
+            log.warning("control plane of %s not reachable yet: %s", self.deployment, again)
 
 
 class _original_errors:
@@ -73,7 +102,7 @@ def mlops_env() -> dict[str, str]:
     API tokens only as their hashes (``serving.auth.hashed_token_env``)."""
     from serving.auth import hashed_token_env
     from cluster.config import config_path, get_settings
-    env = {k: v for k, v in os.environ.items() if k.startswith("MLOPS_")}
+    env = {k: v for k, v in os.environ.items() if k.startswith("MLOPS_") and k != CLIENT_TOKEN}
     env["MLOPS_HOME"] = str(get_settings().home.resolve())
     cfg = config_path()
     if cfg is not None:
@@ -92,7 +121,9 @@ def control_actor(deployment: str = DEFAULT_DEPLOYMENT, create: bool = True):
             raise
     remote = ray.remote(ControlPlane)
     # num_cpus=0: it only coordinates; max_concurrency: heartbeats are served while a
-    # rollout thread waits and an operator call blocks on its result.
+    # rollout thread waits and an operator call blocks on its result; max_restarts=-1:
+    # Ray brings it back whenever its process dies (it restores its persisted state).
     return remote.options(name=name, namespace=NAMESPACE, lifetime="detached",
                           get_if_exists=True, num_cpus=0, max_concurrency=32,
+                          max_restarts=-1,
                           runtime_env={"env_vars": mlops_env()}).remote(deployment)

@@ -33,7 +33,7 @@ class ModelServer:
 
     def __init__(self, deployment: str = DEFAULT_DEPLOYMENT, sync_interval_s: float | None = None):
         from serving.clients import ActorControl, control_actor
-        self.runtime = ServingRuntime(ActorControl(control_actor(deployment)),
+        self.runtime = ServingRuntime(ActorControl(control_actor(deployment), deployment),
                                       deployment=deployment, sync_interval_s=sync_interval_s)
 
     def __serve_build_asgi_app__(self):

@@ -20,7 +20,7 @@ from cluster.errors import LakeError, MlopsError, NotFoundError
 from cluster.explain.predictor import NotExplainable
 from cluster.registry.lifecycle import IllegalTransition
 from cluster.registry.store import CompatibilityError, IntegrityError, RegistryError
-from serving.control import DeploymentConflict
+from serving.control import DeploymentConflict, Forbidden, Unauthorized
 from serving.runtime import NotReady
 from serving.versions import InputError, VersionUnhealthy
 
@@ -54,6 +54,7 @@ ERROR_RESPONSES = {code: {"model": ErrorBody, "description": text}
 
 _STATUS = [(NotReady, 503), (NotFound, 404), (TooLarge, 413), (InputError, 422),
            (RegistryError, 404), (LakeError, 404), (DeploymentConflict, 409),
+           (Unauthorized, 401), (Forbidden, 403),
            (IllegalTransition, 409), (IntegrityError, 422), (CompatibilityError, 422),
            (VersionUnhealthy, 422), (NotExplainable, 422), (MlopsError, 409), (ValueError, 422)]
 

@@ -16,9 +16,17 @@ last stable version. Requests never fail because of a switch: the ingress holds
 every version a policy can route to, and a request the new version fails is
 answered by the stable one in process.
 
-Registry states follow: the new version goes to ``staging`` when its rollout
-starts, ``production`` when promoted (the old one ``deprecated``), back to
-``validated`` when rolled back.
+Registry states follow, and this module makes every such move: the new version
+goes to ``staging`` when its rollout starts, ``production`` when promoted (the old
+one ``deprecated`` in the same registry step), back to ``validated`` when rolled
+back. Serving changes come first (traffic must be safe whatever the registry does);
+a registry move that fails is left to ``reconcile_registry``, which the control
+plane runs at start and until the registry matches the served state again.
+
+A rollout talks to its control plane only through ``RolloutHost`` (below); the
+control plane persists the rollout's spec and progress, so a restarted control
+plane resumes it (the current step's window starts again, gates on) instead of
+leaving traffic at a step nobody judges.
 """
 from __future__ import annotations
 
@@ -28,10 +36,12 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from cluster.errors import MlopsError
-from serving.gates import FAIL, PASS, Gates
+from serving.gates import FAIL, PASS, GateReport, Gates
 from serving.policy import TrafficPolicy
+from serving.versions import split_model_id
 
 log = logging.getLogger(__name__)
 
@@ -88,23 +98,80 @@ class RolloutSpec:
         return {"candidate": self.candidate, "strategy": self.strategy,
                 "weights": list(self.weights) if self.weights else None,
                 "steps": list(self.steps), "window_s": self.window_s,
-                "gates": self.gates.to_dict(), "salt": self.salt, "actor": self.actor}
+                "gates": self.gates.to_dict(), "salt": self.salt, "actor": self.actor,
+                "load_timeout_s": self.load_timeout_s, "step_timeout_s": self.step_timeout_s}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RolloutSpec":
+        return cls(d["candidate"], d["strategy"], tuple(d["weights"]) if d.get("weights")
+                   else None, tuple(d["steps"]), float(d["window_s"]),
+                   Gates.from_dict(d.get("gates")), float(d.get("load_timeout_s") or 120.0),
+                   d.get("step_timeout_s"), d.get("salt") or "", d.get("actor") or "unknown")
+
+
+class RolloutHost(Protocol):
+    """What a rollout needs from its control plane (``serving.control`` implements it)."""
+    registry: object
+
+    def stage(self, candidate: str, rollout: "Rollout") -> None:
+        """Load ``candidate`` at weight 0 on every live replica; raise RolloutAborted
+        when one refuses it or they are not all ready in ``load_timeout_s``."""
+
+    def route(self, policy: TrafficPolicy, state: str, reason: str) -> None:
+        """Apply a split and wait briefly until every live replica routes with it."""
+
+    def settle(self, versions: list[str], policy: TrafficPolicy | None, stable: str | None,
+               standby: str | None, state: str, reason: str) -> None:
+        """The serving state a rollout ends in (promotion, rollback, abandon)."""
+
+    def reset_step(self) -> None: ...
+
+    def gate_report(self, candidate: str, incumbent: str | None, gates: Gates) -> GateReport: ...
+
+    def progress(self, rollout: "Rollout") -> None:
+        """Persist the rollout's progress (resume point)."""
+
+    def ended(self, rollout: "Rollout", state: str, reason: str) -> None: ...
+
+    def audit(self, who: str, action: str, target: str, result: str, detail=None) -> None: ...
+
+    def registry_failed(self, model_id: str, to_state: str, exc: Exception) -> None:
+        """A registry move failed after the serving change: reconcile later."""
 
 
 class Rollout:
-    """One rollout, run in its own thread by the control plane."""
+    """One rollout, run in its own thread by the control plane (``host``)."""
 
-    def __init__(self, plane, spec: RolloutSpec, incumbent: str | None):
-        self.plane = plane
+    def __init__(self, host: RolloutHost, spec: RolloutSpec, incumbent: str | None,
+                 status: dict | None = None):
+        self.host = host
         self.spec = spec
         self.incumbent = incumbent
         self.command: tuple[str, str, str] | None = None      # (what, actor, reason)
         self._wake = threading.Event()
-        self.status = {"id": uuid.uuid4().hex[:12], **spec.to_dict(), "incumbent": incumbent,
-                       "state": "staging", "step": None, "gates": None, "reason": "",
-                       "started": time.time(), "ended": None}
+        self.resumed = status is not None
+        self.status = dict(status) if status else {
+            "id": uuid.uuid4().hex[:12], **spec.to_dict(), "incumbent": incumbent,
+            "state": "staging", "step": None, "gates": None, "reason": "",
+            "started": time.time(), "ended": None}
+        if self.resumed:
+            self.status["resumed"] = int(self.status.get("resumed") or 0) + 1
         self.thread = threading.Thread(target=self.run, name=f"rollout-{spec.candidate}",
                                        daemon=True)
+
+    def to_dict(self) -> dict:
+        return {"spec": self.spec.to_dict(), "status": dict(self.status)}
+
+    @staticmethod
+    def prepare(registry, model_id: str, actor: str, strategy: str) -> list[str]:
+        """Move a checked version to ``staging`` (the registry half of starting a rollout);
+        returns the moves made."""
+        name, version = split_model_id(model_id)
+        moves = staging_moves(registry.state(name, version))
+        for state in moves:
+            registry.transition(name, version, state, actor,
+                                f"deploy ({strategy}): integrity and feature set checked")
+        return moves
 
     @property
     def done(self) -> bool:
@@ -119,7 +186,7 @@ class Rollout:
     def run(self) -> None:
         spec, cand = self.spec, self.spec.candidate
         try:
-            self.plane.stage(cand, self)
+            self.host.stage(cand, self)
             if self.incumbent is None:          # first deployment: nothing to compare with
                 self._route({cand: 1.0}, "promoting", "first version of this deployment")
                 self._finish_promote("first deployment")
@@ -139,7 +206,10 @@ class Rollout:
 
     def _canary(self) -> None:
         cand, inc = self.spec.candidate, self.incumbent
+        at = self.status.get("step") if self.resumed else None
         for pct in self.spec.steps:
+            if at is not None and pct < float(at):
+                continue                # passed before the control plane restarted
             weights = {inc: 100.0 - pct, cand: pct} if pct < 100 else {cand: 1.0, inc: 0.0}
             self._route(weights, "canary", f"canary step {pct:g}%")
             self._hold(self.spec.window_s, step=pct)
@@ -163,7 +233,7 @@ class Rollout:
                shadow: tuple[str, ...] = ()) -> None:
         self._check_command()
         policy = TrafficPolicy(weights, shadow=shadow, salt=self.spec.salt)
-        self.plane.route(policy, state, reason)
+        self.host.route(policy, state, reason)
         self.status["state"] = state
 
     def _hold(self, seconds: float, step: float, until_command: bool = False) -> None:
@@ -171,12 +241,13 @@ class Rollout:
         gates every tick; a failed gate aborts, too little traffic in time too."""
         spec, cand = self.spec, self.spec.candidate
         self.status["step"] = step
-        self.plane.reset_step()
+        self.host.reset_step()
+        self.host.progress(self)       # the resume point: this step, gates from scratch
         started = time.monotonic()
         while True:
             if self._check_command():
                 return                              # promote requested
-            report = self.plane.gate_report(cand, self.incumbent, spec.gates)
+            report = self.host.gate_report(cand, self.incumbent, spec.gates)
             self.status["gates"] = report.to_dict()
             if report.status == FAIL:
                 raise RolloutAborted(f"gate failed at {step:g}%: {report.reason}")
@@ -205,21 +276,111 @@ class Rollout:
         _, actor, reason = self.command
         return reason or f"promoted by {actor}"
 
-    # -- endings -----------------------------------------------------------
+    # -- endings: serving first, then the registry, then the record ---------
+    def _decider(self) -> str:
+        """Who ended it: the operator who asked, or the gates/rollout itself."""
+        return self.command[1] if self.command is not None else f"rollout:{self.spec.actor}"
+
     def _finish_promote(self, reason: str) -> None:
-        self.plane.promote_now(self.spec.candidate, self.incumbent, reason, self.spec.actor)
+        cand, inc, host = self.spec.candidate, self.incumbent, self.host
+        versions = [v for v in (cand, inc) if v]
+        host.settle(versions, TrafficPolicy({cand: 1.0, **({inc: 0.0} if inc else {})},
+                                            salt=self.spec.salt), cand, inc, "promoted", reason)
+        move(host, cand, "production", self.spec.actor, reason)   # deprecates inc with it
         self._end("promoted", reason)
 
     def _finish_rollback(self, reason: str) -> None:
-        if self.incumbent is None:
-            self.plane.abandon(self.spec.candidate, reason)
+        cand, inc, host = self.spec.candidate, self.incumbent, self.host
+        if inc is None:     # a first deployment failed before taking traffic: serve nothing
+            host.settle([], None, None, None, "failed", reason)
+            move(host, cand, "validated", "rollout", reason, only_from=("staging",))
             self._end("failed", reason)
-        else:
-            self.plane.rollback_now(self.spec.candidate, self.incumbent, reason)
-            self._end("rolled_back", reason)
+            return
+        standby = getattr(host, "standby", None)
+        standby = None if standby == cand else standby   # it just failed: no switch-back
+        versions = [v for v in (inc, standby) if v and v != cand]
+        host.settle(versions, TrafficPolicy({inc: 1.0, **{v: 0.0 for v in versions if v != inc}}),
+                    inc, standby, "rolled_back", reason)
+        move(host, cand, "validated", "rollout", reason, only_from=("staging",))
+        self._end("rolled_back", reason)
 
     def _end(self, state: str, reason: str) -> None:
-        self.plane.rollout_ended(self, state, reason)
+        # the audit record first: whoever sees the ending can find its record
+        self.host.audit(self._decider(), "promote" if state == "promoted" else "rollback",
+                        self.spec.candidate, "ok" if state == "promoted" else state,
+                        {"reason": reason, "strategy": self.spec.strategy,
+                         "automatic": self.command is None, "rollout": self.status["id"]})
+        self.host.ended(self, state, reason)
+
+
+def move(host: RolloutHost, model_id: str, to_state: str, actor: str, reason: str,
+         only_from: tuple[str, ...] | None = None) -> bool:
+    """One registry move after a serving change: it must never undo or block serving,
+    so a failure is handed to the host (reconciled later), not raised."""
+    name, version = split_model_id(model_id)
+    try:
+        current = host.registry.state(name, version)
+        if current == to_state or (only_from is not None and current not in only_from):
+            return True
+        host.registry.transition(name, version, to_state, actor, reason,
+                                 expected_state=current)
+        return True
+    except Exception as exc:
+        host.registry_failed(model_id, to_state, exc)
+        return False
+
+
+def switch_back(host: RolloutHost, current: str, previous: str, reason: str,
+                actor: str) -> None:
+    """After a completed rollout: all traffic back to the warm standby at once."""
+    host.settle([previous, current], TrafficPolicy({previous: 1.0, current: 0.0}), previous,
+                current, "rolled_back", reason)
+    move(host, previous, "production", actor, reason)          # deprecates current with it
+
+
+def registry_targets(stable: str | None, standby: str | None, rollout: dict | None,
+                     last_rollout: dict | None) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """The registry state each version of a serving state should be in, and the states
+    it may be moved from to get there: stable = production, its standby deprecated,
+    a running rollout's candidate staging, a rolled-back one validated."""
+    out: dict[str, tuple[str, tuple[str, ...]]] = {}
+    last = last_rollout or {}
+    if last.get("state") in ("rolled_back", "failed") and last.get("candidate") \
+            and last["candidate"] not in (stable, standby):
+        out[last["candidate"]] = ("validated", ("staging",))
+    if rollout is not None:
+        out[rollout["spec"]["candidate"]] = ("staging", ("trained", "validated"))
+    if standby:
+        out[standby] = ("deprecated", ("production", "staging"))
+    if stable:
+        out[stable] = ("production", ("staging", "deprecated", "validated"))
+    return out
+
+
+def reconcile_registry(registry, targets: dict, actor: str) -> list[dict]:
+    """Move every version whose registry state differs from its target (when the move is
+    legal from where it is); returns what was changed, and what could not be."""
+    changes = []
+    for model_id, (target, movable_from) in targets.items():
+        name, version = split_model_id(model_id)
+        try:
+            current = registry.state(name, version)
+            if current == target:
+                continue
+            if current not in movable_from:
+                changes.append({"model_id": model_id, "from": current, "to": target,
+                                "done": False, "why": f"not moved from {current!r}"})
+                continue
+            path = ["staging", target] if (current, target) == ("validated", "production") \
+                else [target]
+            for state in path:
+                registry.transition(name, version, state, actor,
+                                    "reconciled with the served state at control-plane start")
+            changes.append({"model_id": model_id, "from": current, "to": target, "done": True})
+        except Exception as exc:
+            changes.append({"model_id": model_id, "to": target, "done": False,
+                            "why": f"{type(exc).__name__}: {exc}"})
+    return changes
 
 
 def staging_moves(state: str) -> list[str]:

@@ -88,14 +88,15 @@ class ConsoleServer:
     def __exit__(self, *exc) -> None:
         rollout = self.plane.rollout
         if rollout is not None and not rollout.done:
-            self.plane.rollback("test", "test over")
+            self.plane.rollback("test", "test over", token=TOKENS["operator"])
         self.server.should_exit = True
         self._thread.join(30)
 
     def deploy(self, model_id: str, strategy: str = "blue_green", **kw) -> dict:
         kw.setdefault("window_s", 0.2)
         kw.setdefault("gates", {"min_requests": 0})
-        return self.plane.deploy(model_id, strategy, actor="console-test", **kw)
+        return self.plane.deploy(model_id, strategy, actor="console-test",
+                                token=TOKENS["operator"], **kw)
 
     def wait_state(self, states, timeout: float = 60.0) -> dict:
         deadline = time.monotonic() + timeout

@@ -24,7 +24,8 @@ def test_deploy_runs_under_ray_job_submit(private_cluster, serving_home):
     tokens = ",".join(f"{role}:{token}" for role, token in TOKENS.items())
     out = private_cluster.submit(settings.home, "jobs.deploy", "--model", "m", "--version", "1",
                  "--strategy", "blue_green",
-                 env_vars={"MLOPS_API__PORT": str(port), "MLOPS_API_TOKENS": tokens})
+                 env_vars={"MLOPS_API__PORT": str(port), "MLOPS_API_TOKENS": tokens,
+                                           "MLOPS_TOKEN": TOKENS["operator"]})
     assert out["state"] == "promoted" and out["rolled_back"] is False
     assert out["split"] == {"m/1": 1.0}
     request = urllib.request.Request(

@@ -8,8 +8,8 @@ import time
 import pytest
 
 from serving.predictions import read_predictions
-from tests.test_serving_support import (FEATURES, auth, deploy, in_process, register, row_body,
-                                        serving_home, wait_state)  # noqa: F401 (fixture)
+from tests.test_serving_support import (FEATURES, TOKENS, auth, deploy, in_process, register,
+                                        row_body, serving_home, wait_state)  # noqa: F401 (fixture)
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +180,7 @@ def test_auth_matrix_and_refusals_change_nothing(serving_home):
                     assert rec["who"].startswith(f"{role}:") and "tok-" not in rec["who"]
                 if "{candidate}" in path and allowed:
                     wait_state(plane, ("ab",))
-                    plane.rollback("test", "reset the matrix")
+                    plane.rollback("test", "reset the matrix", token=TOKENS["operator"])
                     wait_state(plane, ("rolled_back",))
 
 
@@ -196,7 +196,7 @@ def test_deploy_refuses_unknown_incompatible_and_tampered_versions(serving_home)
     with in_process(settings, "refusals") as (client, plane, _):
         for model_id, status, fragment in [("m/404", 404, "no model version"),
                                            (other_fs, 422, "feature set"),
-                                           (tampered, 422, "sha256")]:
+                                           (tampered, 422, "signature")]:  # a hash tag
             res = client.post(f"/api/models/{model_id}/deploy", json={"strategy": "canary"},
                               headers=auth("operator"))
             assert res.status_code == status and fragment in res.text, (model_id, res.text)

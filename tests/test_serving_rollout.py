@@ -13,8 +13,8 @@ import pytest
 from cluster.events import EventBus
 from cluster.registry.store import ModelRegistry
 from serving.predictions import read_predictions
-from tests.test_serving_support import (BrokenModel, FlakyModel, InvertedModel, SlowModel, auth,
-                                        deploy, drive, in_process, register, row_body,
+from tests.test_serving_support import (TOKENS, BrokenModel, FlakyModel, InvertedModel, SlowModel,
+                                        auth, deploy, drive, in_process, register, row_body,
                                         serving_home, wait_state)  # noqa: F401 (fixture)
 
 DONE = ("promoted", "rolled_back", "failed")
@@ -224,4 +224,4 @@ def test_restarted_control_plane_serves_the_last_stable_version(stable):
     desired = again.desired()
     assert desired["stable"] == incumbent and desired["policy"]["weights"] == {incumbent: 1.0}
     with pytest.raises(Exception, match="already the stable"):
-        again.deploy(incumbent, "canary")
+        again.deploy(incumbent, "canary", token=TOKENS["operator"])

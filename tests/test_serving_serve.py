@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT
-from tests.test_serving_support import (FlakyModel, auth, register, row_body,
+from tests.test_serving_support import (TOKENS, FlakyModel, auth, register, row_body,
                                         serving_home)  # noqa: F401 (fixture)
 
 
@@ -58,6 +58,7 @@ def test_jobs_deploy_on_serve_over_http_with_a_failing_canary(ray_session, servi
     settings, models = serving_home
     port = free_port()
     monkeypatch.setenv("MLOPS_API__PORT", str(port))
+    monkeypatch.setenv("MLOPS_TOKEN", TOKENS["operator"])    # jobs.deploy's operator token
     reset_settings()
     stable = register(settings, models[0])
     flaky = register(settings, FlakyModel(models[1]))

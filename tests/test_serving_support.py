@@ -143,7 +143,7 @@ def in_process(settings, deployment: str, sync_interval_s: float = 0.02):
     with TestClient(create_app(runtime)) as client:
         yield client, plane, runtime
         if plane.rollout is not None and not plane.rollout.done:
-            plane.rollback("test", "test over")
+            plane.rollback("test", "test over", token=TOKENS["operator"])
 
 
 def auth(role: str) -> dict:
@@ -186,7 +186,8 @@ def deploy(plane, model_id, strategy="canary", **kw) -> dict:
     kw.setdefault("window_s", 0.2)
     gates = kw.pop("gates", {})
     gates.setdefault("min_requests", 5)
-    return plane.deploy(model_id, strategy, gates=gates, actor="test", **kw)
+    return plane.deploy(model_id, strategy, gates=gates, actor="test", token=TOKENS["operator"],
+                        **kw)
 
 
 # -- unit tests ------------------------------------------------------------------
