@@ -68,6 +68,7 @@ class TrainingProgress(Event):
     run_id: str
     model: str
     stage: str
+    name: str | None = None         # the registry name the run registers under
     percent: float = 0.0
     epoch: int | None = None
     n_epochs: int | None = None

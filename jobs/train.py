@@ -1,5 +1,6 @@
 """python -m jobs.train --model TYPE [--config FILE.yaml] [--set key=value ...]
                        [--segments train=A:B,valid=C:D,test=E:F] [--no-register]
+                       [--name NAME] [--run-id RUN_ID]
 python -m jobs.train --stop RUN_ID
 
 Trains one model type on the current features through the training engine,
@@ -34,6 +35,8 @@ def parse_args(argv):
     p.add_argument("--no-register", action="store_true")
     p.add_argument("--name", help="registry name (default stock-<model>)")
     p.add_argument("--stop", metavar="RUN_ID", help="ask a running training run to stop")
+    p.add_argument("--run-id", help="the run's id (default: a new one); the API's queued "
+                   "training jobs name it up front, to follow and stop the run")
     args = p.parse_args(argv)
     if not args.stop and not args.model:
         p.error("--model is required")
@@ -98,7 +101,7 @@ def main(argv=None) -> int:
                 bar.refresh()
         unsubscribe = bus.subscribe("training_progress", show)
         try:
-            result = TrainingEngine(settings, bus).run(request)
+            result = TrainingEngine(settings, bus).run(request, run_id=args.run_id)
         finally:
             unsubscribe()
     data = result.report.get("data", {})

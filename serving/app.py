@@ -39,7 +39,12 @@ def create_app(runtime: ServingRuntime, queue=None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app):
         await runtime.start()
+        settings = runtime.settings.queue
+        if settings.run_in_api:         # admit and submit queued jobs from this replica
+            ctx.job_queue().start_background(settings.tick_s)
         yield
+        if ctx.queue is not None:
+            ctx.queue.stop_background()
         await runtime.stop()
 
     app = FastAPI(title="stock-mlops serving", version="1", lifespan=lifespan,

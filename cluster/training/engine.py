@@ -158,6 +158,7 @@ class TrainingEngine:
 
     def _publish(self, report: dict, stage: str, percent: float, **fields) -> None:
         event = TrainingProgress(run_id=report["run_id"], model=report["model_type"],
+                                 name=report.get("model_name"),
                                  stage=stage, percent=round(percent, 2), **fields)
         self.bus.publish(event, persist=self.persist_events)
 

@@ -1,4 +1,7 @@
 """The API's route modules, one per area; each exposes ``router(ctx) -> APIRouter``."""
-from serving.routes import deployments, explain, health, models, predict
+from serving import ws
+from serving.routes import (admin, data, deployments, explain, features, health, jobs, models,
+                            predict)
 
-ROUTERS = [predict.router, deployments.router, models.router, explain.router, health.router]
+ROUTERS = [predict.router, deployments.router, models.router, features.router, jobs.router,
+           data.router, explain.router, admin.router, health.router, ws.router]
