@@ -73,6 +73,13 @@ class IngestSettings(_Section):
     on_error: Literal["fail", "quarantine"] = "fail"
 
 
+class LakeSettings(_Section):
+    # Vacuum keeps the files of the last this-many versions of every table (for bars:
+    # data versions), besides every bars data version a registered model or a live
+    # deployment names.
+    retain_versions: int = Field(10, ge=1)
+
+
 class AlertThresholds(_Section):
     accuracy_drop: float = 0.05
     latency_ms: float = 1000
@@ -194,6 +201,7 @@ class Settings(BaseSettings):
     feature_pipeline: FeaturePipelineSettings = FeaturePipelineSettings()
     qlib: QlibSettings = QlibSettings()
     ingest: IngestSettings = IngestSettings()
+    lake: LakeSettings = LakeSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
     api: ApiSettings = ApiSettings()
     serving: ServingSettings = ServingSettings()

@@ -28,14 +28,20 @@ def _ray_connected() -> bool:
     return ray is not None and ray.is_initialized()
 
 
-def run(main: Callable[[list[str] | None], object], argv: list[str] | None = None) -> int:
-    """Run ``main``; print its result as JSON last on stdout; refusals exit 1."""
+def run(main: Callable[[list[str] | None], object], argv: list[str] | None = None,
+        check_layout: bool = True) -> int:
+    """Run ``main``; print its result as JSON last on stdout; refusals exit 1.
+    A lake in an older layout is refused before ``main`` runs (``jobs.maintain``,
+    which migrates it, passes ``check_layout=False``)."""
     setup_logging()
     had_ray = _ray_connected()
     try:
         from cluster.config import get_settings
         from cluster.ray_env import check_home_for_job
         check_home_for_job(get_settings())
+        if check_layout:
+            from cluster.lake.layout import require_current
+            require_current(get_settings().lake_dir)
         summary = main(argv)
     except MlopsError as exc:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)

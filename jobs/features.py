@@ -58,7 +58,8 @@ def main(argv=None) -> dict:
         summary = pipeline.run(incremental=args.incremental, instruments=instruments,
                                progress=progress, use_ray=False if args.local else None)
     if args.output:
-        frame = FeaturesTable(settings.lake_dir).read(instruments=instruments)
+        frame = FeaturesTable(settings.lake_dir).read(instruments=instruments,
+                                                      feature_set=summary["feature_set"])
         frame = frame.drop(columns=["feature_set", "data_version"]).rename(
             columns={"date": "datetime"})
         frame = frame[["datetime", "instrument"]

@@ -102,29 +102,49 @@ def test_failed_commit_leaves_previous_version(tmp_path, monkeypatch):
                          "factor": 1.0, "vwap": 1.0})
     t = BarsTable(tmp_path)
     t.commit(bars, "s")
-    import cluster.lake.bars as mod
+    files = sorted(t.path.glob("*.parquet"))
+    from cluster.lake import tables
 
     def broken(*args, **kwargs):
         raise OSError("disk full")
-    monkeypatch.setattr(mod, "write_deltalake", broken)
+    monkeypatch.setattr(tables, "commit_files", broken)
     with pytest.raises(OSError):
         t.commit(bars.assign(date=pd.Timestamp("2020-01-02")), "s")
     assert t.version() == 0
     pd.testing.assert_frame_equal(norm(t.read()), norm(bars), check_dtype=False)
+    assert sorted(t.path.glob("*.parquet")) == files  # the failed commit's file is gone
 
 
-def test_one_instrument_reads_only_its_partition(tmp_path):
-    bars = pd.DataFrame({"instrument": list("ABC"), "date": pd.to_datetime(["2020-01-01"] * 3),
-                         "open": 1.0, "high": 2.0, "low": 0.5, "close": 1.5, "volume": 1.0,
-                         "factor": 1.0, "vwap": 1.0})
+def test_one_instrument_is_a_few_row_groups_of_unpartitioned_sorted_files(tmp_path):
+    """Not partitioned: a commit is few files sorted by (instrument, date) whose row
+    groups are small, so reading one instrument prunes files on the log's statistics
+    and row groups on the file's own."""
+    import dataclasses
+
+    import pyarrow.dataset as ds
+    days = pd.bdate_range("2020-01-01", periods=12)
+    bars = pd.DataFrame([{"instrument": i, "date": d, "open": 1.0, "high": 2.0, "low": 0.5,
+                          "close": 1.5, "volume": 1.0, "factor": 1.0, "vwap": 1.0}
+                         for d in days for i in "CAB"])
     t = BarsTable(tmp_path)
+    t.spec = dataclasses.replace(t.spec, row_group_rows=4)
     t.commit(bars, "s")
-    dirs = sorted(p.name for p in t.path.iterdir() if p.is_dir() and not p.name.startswith("_"))
-    assert dirs == ["instrument=A", "instrument=B", "instrument=C"]
+    assert not [p for p in t.path.iterdir() if p.is_dir() and not p.name.startswith("_")]
+    files = list(t.path.glob("*.parquet"))
+    assert len(files) == 1
+    frag = next(ds.dataset(files[0], format="parquet").get_fragments())
+    stored = frag.to_table(columns=["instrument", "date"]).to_pandas()
+    assert stored.equals(stored.sort_values(["instrument", "date"], ignore_index=True))
+    groups = frag.split_by_row_group(ds.field("instrument") == "B")
+    assert len(groups) == 3 and frag.metadata.num_row_groups == 9
+    assert set(t.read(instruments=["B"])["instrument"]) == {"B"}
+    later = bars[bars["date"] == days[-1]].assign(date=pd.Timestamp("2020-02-03"))
+    t.commit(later, "s")
     from cluster.lake import tables
     dt = tables.open_table(t.path)
-    files = dt.file_uris(partition_filters=[("instrument", "=", "B")])
-    assert len(files) == 1 and "instrument=B" in files[0]
+    assert len(t._files(dt, None, "2020-02-01", None)) == 1  # date-pruned on the log
+    assert t.instruments() == ["A", "B", "C"] and len(t.calendar()) == 13
+    assert len(t.changes(after=0)) == 3
 
 
 def test_unknown_version_is_a_clear_error(tmp_path):
@@ -135,5 +155,5 @@ def test_unknown_version_is_a_clear_error(tmp_path):
     t.commit(pd.DataFrame({"instrument": ["A"], "date": pd.to_datetime(["2020-01-01"]),
                            "open": 1.0, "high": 2.0, "low": 0.5, "close": 1.5, "volume": 1.0,
                            "factor": 1.0, "vwap": 1.0}), "s")
-    with pytest.raises(LakeError, match="no version 5"):
+    with pytest.raises(LakeError, match="no data version 5"):
         t.read(5)

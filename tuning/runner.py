@@ -157,7 +157,8 @@ def _recorded_features(settings: Settings, info: dict) -> FeatureData:
         raise MlopsError("this experiment ran on in-memory features: pass the same data "
                          "to resume it")
     from cluster.lake.features import FeaturesTable
-    frame = FeaturesTable(settings.lake_dir).read(version=int(info["features_version"]))
+    frame = FeaturesTable(settings.lake_dir).read(version=int(info["features_version"]),
+                                                  feature_set=info["feature_set"])
     return FeatureData(frame, int(info["data_version"]), info["feature_set"],
                        int(info["features_version"]))
 

@@ -6,10 +6,13 @@ LOOKBACK + LOOKAHEAD calendar rows), plus the trading calendar.
 With it, a run with no new data costs one small file read, and a one-day update
 reads no bars history at all: the look-back comes from here.
 
-It is derived data, rebuilt by any full run, so it is one file (not a Delta
-table), replaced atomically (write to a temporary name, then rename): a crash
-leaves the previous snapshot, and a snapshot whose feature set or data version
-does not match what the features table says is ignored (the run recomputes).
+It is derived data, rebuilt by any full run, so it is one file per feature set
+(not a Delta table: one slot each, so computing another feature set never evicts
+this one), replaced atomically (write to a temporary name, then rename): a crash
+leaves the previous snapshot. A snapshot is used only while the features table
+has no commit for its feature set after the version it was saved at
+(maintenance commits and other feature sets' commits leave it valid); otherwise
+the run recomputes.
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ import pandas as pd
 
 from cluster.features.indicators import IndicatorStates
 
-CACHE_FORMAT = 2  # 2: indicator states as IndicatorStates arrays
+CACHE_FORMAT = 3  # 2: indicator states as IndicatorStates arrays; 3: one file per feature set
 
 
 @dataclass
@@ -38,14 +41,14 @@ class CacheSnapshot:
 
 class FeatureCache:
     def __init__(self, lake_dir: Path):
-        self.path = Path(lake_dir) / "_feature_cache" / "snapshot.pkl"
+        self.root = Path(lake_dir) / "_feature_cache"
 
-    def load(self, feature_set: str, features_version: int | None = None
-             ) -> CacheSnapshot | None:
-        """The snapshot, when it is for ``feature_set`` and was saved after the
-        features table reached ``features_version`` (None: don't check)."""
+    def path_for(self, feature_set: str) -> Path:
+        return self.root / f"{feature_set}.pkl"
+
+    def _doc(self, feature_set: str) -> dict | None:
         try:
-            with open(self.path, "rb") as f:
+            with open(self.path_for(feature_set), "rb") as f:
                 doc = pickle.load(f)
         except FileNotFoundError:
             return None
@@ -53,28 +56,33 @@ class FeatureCache:
             return None
         if doc.get("format") != CACHE_FORMAT or doc.get("feature_set") != feature_set:
             return None
-        if features_version is not None and doc.get("features_version") != features_version:
+        return doc
+
+    def load(self, feature_set: str, valid=None) -> CacheSnapshot | None:
+        """The snapshot of ``feature_set``, when ``valid(features_version)`` (the
+        features table has not changed that feature set since it was saved) holds;
+        ``valid`` None: don't check."""
+        doc = self._doc(feature_set)
+        if doc is None:
+            return None
+        if valid is not None and not valid(doc.get("features_version")):
             return None
         return doc["snapshot"]
 
-    def info(self) -> dict:
-        try:
-            with open(self.path, "rb") as f:
-                doc = pickle.load(f)
-        except Exception:
-            return {}
+    def info(self, feature_set: str) -> dict:
+        doc = self._doc(feature_set) or {}
         return {k: doc.get(k) for k in ("feature_set", "data_version", "features_version")}
 
     def save(self, snap: CacheSnapshot, features_version: int | None) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(parents=True, exist_ok=True)
         doc = {"format": CACHE_FORMAT, "feature_set": snap.feature_set,
                "data_version": snap.data_version, "features_version": features_version,
                "snapshot": snap}
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".snapshot-")
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".snapshot-")
         try:
             with os.fdopen(fd, "wb") as f:
                 pickle.dump(doc, f, protocol=pickle.HIGHEST_PROTOCOL)
-            os.replace(tmp, self.path)
+            os.replace(tmp, self.path_for(snap.feature_set))
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise

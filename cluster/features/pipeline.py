@@ -3,9 +3,17 @@
 Full runs fan out on Ray Data, one block per group of whole instruments read
 straight from the bars table's files (no shuffle; ``map_batches`` over whole-
 instrument blocks), and stream the result into one Delta commit. Incremental
-runs read the bars' change feed since the cache's data version and compute only
-what changed: new days from the cached look-back, restated or new instruments in
-full. Small jobs run in process: scheduling tasks would cost more than the work.
+runs read only the bars rows written after the cache's data version (the files
+whose ``data_version`` statistics reach past it: after maintenance, only the
+files committed since) and compute only what changed: new days from the cached
+look-back, restated or new instruments in full. Nothing lists the whole table,
+so a one-day update costs the same whatever the lake holds. Small jobs run in
+process: scheduling tasks would cost more than the work.
+
+Two runs of one feature set at once (the event follower and an API call): the
+second to commit is refused by the features table (a Delta application
+transaction per feature set), waits for the first one's factor cache and plans
+again, so no row is appended twice.
 """
 from __future__ import annotations
 
@@ -22,7 +30,7 @@ import pandas as pd
 import pyarrow as pa
 
 from cluster.config import Settings, get_settings
-from cluster.errors import MlopsError
+from cluster.errors import LakeError, MlopsError
 from cluster.events import EventBus, FeaturesUpdated, get_bus
 from cluster.features.cache import CacheSnapshot, FeatureCache
 from cluster.features.compute import Computed, compute_append, compute_full
@@ -34,6 +42,10 @@ from cluster.lake.features import FeaturesTable
 from cluster.schema import BAR_COLUMNS
 
 log = logging.getLogger(__name__)
+# A run that lost the commit race to another run of the same feature set plans again
+# this many times, each after waiting up to CACHE_WAIT_S for the winner's cache.
+RUN_ATTEMPTS = 5
+CACHE_WAIT_S = 10.0
 Progress = Callable[[float, str], None]
 
 
@@ -60,21 +72,47 @@ class FeaturePipeline:
     def run(self, incremental: bool = True, instruments: list[str] | None = None,
             progress: Progress | None = None, use_ray: bool | None = None) -> dict:
         started = time.perf_counter()
-        self.ray_start_seconds = 0.0
-        progress = progress or (lambda pct, msg: None)
         if not self.bars.exists():
             raise MlopsError("no bars yet: run `python -m jobs.ingest` first")
-        self.bars = self.bars.pinned()  # this run reads one data version, its log once
-        version = self.bars.version()
+        for attempt in range(RUN_ATTEMPTS):
+            try:
+                summary = self._run_once(incremental, instruments, progress, use_ray)
+                summary["seconds"] = round(time.perf_counter() - started, 3)
+                return summary
+            except tables.WriteConflict as exc:
+                log.info("features: %s; planning again (attempt %d)", exc, attempt + 1)
+                self._await_cache(CACHE_WAIT_S)
+        raise LakeError(f"features: other runs of feature set {self.fs.id} kept committing "
+                        f"first ({RUN_ATTEMPTS} tries); run again")
+
+    def _valid(self, version: int | None) -> bool:
+        return version is not None and self.features.unchanged_since(version, self.fs.id)
+
+    def _await_cache(self, timeout: float) -> None:
+        """After a lost race: wait until the winner's factor cache is saved."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.cache.load(self.fs.id, self._valid) is not None:
+                return
+            time.sleep(0.05)
+
+    def _run_once(self, incremental: bool, instruments: list[str] | None,
+                  progress: Progress | None, use_ray: bool | None) -> dict:
+        started = time.perf_counter()
+        self.ray_start_seconds = 0.0
+        progress = progress or (lambda pct, msg: None)
+        bars = BarsTable(self.lake).pinned()  # one snapshot, its log read once
+        self.bars = bars
+        version = bars.data_version()
         progress(0.0, "planning")
-        features_version = self.features.version()
-        snap = self.cache.load(self.fs.id, features_version) \
-            if features_version is not None else None
+        base = self.features.open()  # the features table this run plans on
+        snap = self.cache.load(self.fs.id, self._valid) if base is not None else None
         plan, snap = self._plan(snap, version, incremental, instruments)
         computed_rows = 0
+        features_version = base.version() if base is not None else None
         if plan.full or plan.append is not None:
             computed_rows, features_version = self._execute(plan, snap, version, progress,
-                                                            use_ray)
+                                                            use_ray, base)
         selected = snap.meta if instruments is None else snap.meta.loc[
             [i for i in instruments if i in snap.meta.index]]
         total_rows = int(selected["rows"].sum())
@@ -101,13 +139,15 @@ class FeaturePipeline:
     # -- planning ----------------------------------------------------------
     def _plan(self, snap: CacheSnapshot | None, version: int, incremental: bool,
               only: list[str] | None) -> tuple[Plan, CacheSnapshot]:
-        all_instruments = self.bars.instruments(version)
-        wanted = all_instruments if only is None else [i for i in only if i in all_instruments]
-        unknown = sorted(set(only or []) - set(all_instruments))
+        catalog = self.bars.catalog()
+        all_instruments = catalog.instruments
+        known = set(all_instruments)
+        wanted = all_instruments if only is None else [i for i in only if i in known]
+        unknown = sorted(set(only or []) - known)
         if unknown:
             raise MlopsError(f"instrument(s) not in the bars table: {unknown[:10]}")
+        calendar = catalog.calendar
         if snap is None or not incremental:
-            calendar = self.bars.calendar(version)
             base = snap if (snap is not None and only is not None) else _empty_snapshot(
                 self.fs.id, version, calendar)
             base.calendar = calendar
@@ -115,17 +155,15 @@ class FeaturePipeline:
         stale = snap.meta.index[snap.meta["data_version"] < version]
         missing = [i for i in wanted if i not in snap.meta.index]
         lowest = int(snap.meta.loc[stale, "data_version"].min()) if len(stale) else version
-        changes = self.bars.changes(after=lowest, upto=version) if len(stale) else \
-            pd.DataFrame(columns=BAR_COLUMNS + ["change", "version"])
-        if changes is None:  # no change feed on this table: recompute what we must
-            snap.calendar = self.bars.calendar(version)
-            return Plan(full=wanted), snap
+        # rows the data versions after the cache's wrote (new or restated); a restated
+        # row is dated within the cached range, so the date tells them apart
+        changes = self.bars.changes(after=lowest) if len(stale) else \
+            pd.DataFrame(columns=BAR_COLUMNS + ["version"])
         changes = changes[changes["instrument"].isin(wanted)]
         inst_version = changes["instrument"].map(snap.meta["data_version"])
         changes = changes[inst_version.isna() | (changes["version"] > inst_version)]
-        calendar = snap.calendar.union(pd.DatetimeIndex(changes["date"].unique()))
         last = changes["instrument"].map(snap.meta["last_date"])
-        backfill = changes["change"].eq("update") | ~(changes["date"] > last)
+        backfill = ~(changes["date"] > last)
         full = set(missing) | set(changes.loc[backfill, "instrument"])
         # a calendar day new to the lake inside an instrument's cached range adds a NaN
         # row to it: its windows shift, so it is recomputed in full
@@ -148,7 +186,7 @@ class FeaturePipeline:
 
     # -- execution ---------------------------------------------------------
     def _execute(self, plan: Plan, snap: CacheSnapshot, version: int, progress: Progress,
-                 use_ray: bool | None) -> tuple[int, int]:
+                 use_ray: bool | None, base) -> tuple[int, int]:
         """Compute and write the plan; returns (rows written, new features version)."""
         rows = 0
         parts: list[Computed] = []
@@ -158,15 +196,15 @@ class FeaturePipeline:
                                         self.fs, version, snap.meta))
         if plan.full and plan.overwrite:
             rows, features_version = self._full_overwrite(plan.full, snap, version, progress,
-                                                          use_ray)
+                                                          use_ray, base)
         elif plan.full:
             progress(30.0, f"recomputing {len(plan.full)} instrument(s)")
-            bars = self.bars.read(version, instruments=plan.full)
+            bars = self.bars.read(instruments=plan.full)
             parts.append(compute_full(bars, snap.calendar, self.fs, version))
         if parts:
             table = pa.concat_tables([p.features for p in parts])
             features_version = self.features.append(
-                table, self._meta(version, "incremental", table.num_rows))
+                table, self._meta(version, "incremental", table.num_rows), base=base)
             rows += table.num_rows
             _merge_into(snap, *parts)
         snap.data_version = version
@@ -175,9 +213,9 @@ class FeaturePipeline:
         return rows, features_version
 
     def _full_overwrite(self, instruments: list[str], snap: CacheSnapshot, version: int,
-                        progress: Progress, use_ray: bool | None) -> tuple[int, int]:
-        files = self.bars.files(version)
+                        progress: Progress, use_ray: bool | None, base) -> tuple[int, int]:
         groups = _chunks(instruments, self.settings.feature_pipeline.instruments_per_block)
+        files = [self.bars.files_for(g) for g in groups]
         work = len(instruments) * len(snap.calendar)  # rows to compute, at most
         ray_path = use_ray if use_ray is not None else (
             work > self.settings.feature_pipeline.local_threshold_rows)
@@ -202,7 +240,8 @@ class FeaturePipeline:
                 progress(5.0 + 85.0 * len(collected) / max(len(groups), 1),
                          f"computed {len(collected)}/{len(groups)} block(s)")
             features_version = self.features.commit_files(
-                written, self.fs.schema, self._meta(version, "full", None))
+                written, self.fs.schema, self._meta(version, "full", None), replace=True,
+                base=base)
         except BaseException:
             self.features.discard_files(run_prefix)
             raise
@@ -221,7 +260,7 @@ class FeaturePipeline:
 CACHE_COLUMN = "cache"
 
 
-def compute_block(instruments: list[str], files: dict[str, list[str]],
+def compute_block(instruments: list[str], files: list[str],
                   calendar: pd.DatetimeIndex, fs: FeatureSet, version: int,
                   lake_dir: Path, name: str) -> pa.Table:
     """Read whole instruments' bars from their files, compute them and write the
@@ -237,16 +276,16 @@ def compute_block(instruments: list[str], files: dict[str, list[str]],
     return pa.table({"file": [json.dumps(action)], CACHE_COLUMN: pa.array([cache], pa.binary())})
 
 
-def read_bar_files(instruments: list[str], files: dict[str, list[str]]) -> pd.DataFrame:
-    import pyarrow.parquet as pq
-    parts = []
-    for inst in instruments:
-        for path in files.get(inst, []):
-            t = pq.read_table(path)
-            t = t.append_column("instrument", pa.array([inst] * t.num_rows, pa.string()))
-            parts.append(t)
-    frame = tables.to_frame(pa.concat_tables(parts, promote_options="default"))
-    return frame[BAR_COLUMNS].sort_values(["instrument", "date"]).reset_index(drop=True)
+def read_bar_files(instruments: list[str], files: list[str]) -> pd.DataFrame:
+    """Whole instruments' bars from the bars data files that may hold them (row
+    groups pruned on the files' own statistics)."""
+    import pyarrow.dataset as ds
+
+    from cluster.lake.bars import STORED_SCHEMA
+    table = ds.dataset(files, format="parquet", schema=STORED_SCHEMA).to_table(
+        columns=BAR_COLUMNS, filter=ds.field("instrument").isin(list(instruments)))
+    frame = tables.to_frame(table)
+    return frame.sort_values(["instrument", "date"]).reset_index(drop=True)
 
 
 def _block_name(prefix: str, index: int) -> str:
@@ -255,7 +294,8 @@ def _block_name(prefix: str, index: int) -> str:
 
 def _local_blocks(groups, files, calendar, fs, version, lake_dir, prefix):
     for i, group in enumerate(groups):
-        yield compute_block(group, files, calendar, fs, version, lake_dir, _block_name(prefix, i))
+        yield compute_block(group, files[i], calendar, fs, version, lake_dir,
+                            _block_name(prefix, i))
 
 
 def _ray_blocks(groups, files, calendar, fs, version, lake_dir, prefix):
@@ -265,7 +305,7 @@ def _ray_blocks(groups, files, calendar, fs, version, lake_dir, prefix):
 
     from cluster.ray_env import ensure_ray
     ensure_ray()
-    items = [{"instruments": json.dumps(g), "files": json.dumps({i: files[i] for i in g}),
+    items = [{"instruments": json.dumps(g), "files": json.dumps(files[k]),
               "name": _block_name(prefix, k)} for k, g in enumerate(groups)]
     calendar_ref = ray.put(calendar)
 

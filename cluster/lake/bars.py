@@ -1,11 +1,29 @@
 """The ``bars`` table: one Delta commit per ingest, one data version per commit.
 
-Partitioned by ``instrument`` so one instrument is read without touching the
-others. A commit carries its own summary (source, date range, instruments, rows,
-status) as commit metadata, so listing versions reads only the Delta log.
+Layout (see ``registry.py``): not partitioned. Each ingest commits its new rows
+as few data files sorted by (instrument, date), with row groups of
+``row_group_rows`` rows, and every row carries the ``data_version`` that last
+wrote it. Readers prune files on the log's min/max statistics and row groups on
+the files' own, so one instrument is a few row groups, and "what changed after
+version k" is the rows with ``data_version > k`` in the files whose statistics
+reach past k: after maintenance that is only the files committed since.
+
+Every commit (ingest or maintenance) carries its own summary as commit metadata
+(source, date range, rows, status) and the catalog of its version: the instrument
+list and the trading calendar, compressed. Listing versions, instruments and the
+calendar therefore reads only the Delta log, never the data files.
+
+Commits are made at exactly the version after the one the ingest read (see
+``tables.commit_files``): two ingests of overlapping keys at once cannot both
+add the same (instrument, date); the loser re-reads and tries again.
 """
 from __future__ import annotations
 
+import base64
+import logging
+import random
+import time
+import zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -15,11 +33,20 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
-from deltalake import DeltaTable, write_deltalake
+from deltalake import DeltaTable
 
 from cluster.errors import LakeError
-from cluster.lake import tables
+from cluster.lake import layout, tables
+from cluster.lake.registry import spec_for
 from cluster.schema import BAR_COLUMNS, BARS_SCHEMA, KEY, VALUE_COLUMNS
+
+log = logging.getLogger(__name__)
+
+VERSION_COLUMN = "data_version"
+STORED_SCHEMA = BARS_SCHEMA.append(pa.field(VERSION_COLUMN, pa.int64()))
+STATS_COLUMNS = ("instrument", "date", VERSION_COLUMN)
+COMMIT_ATTEMPTS = 50
+_EMPTY_STATS = {"rows": 0, "instruments": 0, "start": None, "end": None}
 
 
 @dataclass
@@ -34,123 +61,219 @@ class CommitResult:
     end: pd.Timestamp | None
 
 
+@dataclass
+class Catalog:
+    """The instruments and trading calendar of one version."""
+    instruments: list[str]
+    calendar: pd.DatetimeIndex
+
+    def encode(self) -> dict:
+        days = self.calendar.to_numpy(dtype="datetime64[D]").astype(np.int64)
+        steps = np.diff(days, prepend=0)
+        return {"instruments": _pack("\n".join(self.instruments)),
+                "calendar": _pack(",".join(map(str, steps.tolist())))}
+
+    @classmethod
+    def decode(cls, doc: dict) -> "Catalog":
+        names = _unpack(doc["instruments"])
+        steps = _unpack(doc["calendar"])
+        days = np.cumsum(np.array(steps.split(","), dtype=np.int64)) if steps else \
+            np.array([], dtype=np.int64)
+        return cls(names.split("\n") if names else [],
+                   pd.DatetimeIndex(days.astype("datetime64[D]").astype("datetime64[ns]")))
+
+    def union(self, instruments, dates) -> "Catalog":
+        return Catalog(sorted(set(self.instruments) | set(instruments)),
+                       self.calendar.union(pd.DatetimeIndex(dates)))
+
+
+def _pack(text: str) -> str:
+    return base64.b64encode(zlib.compress(text.encode(), 9)).decode()
+
+
+def _unpack(blob: str) -> str:
+    return zlib.decompress(base64.b64decode(blob)).decode()
+
+
 class BarsTable:
     def __init__(self, lake_dir: Path):
         self.path = tables.table_path(lake_dir, "bars")
+        self.spec = spec_for("bars")
         self._pinned: DeltaTable | None = None
-        self._pinned_files: dict[str, list[str]] | None = None  # files() of the pin
+        self._pinned_meta: dict | None = None
 
     def pinned(self, version: int | None = None) -> "BarsTable":
         """A read-only view of this table as of ``version`` (latest when None), whose
         log is read once: every read through it that asks for that version (or for
         none) reuses the snapshot instead of opening the table again."""
         view = BarsTable(self.path.parent)
-        view._pinned = tables.open_table(self.path, version)
+        view._pinned = self._open(version)
         return view
 
-    def _open(self, version: int | None = None) -> DeltaTable:
+    def _open(self, version: "int | DeltaTable | None" = None) -> DeltaTable:
+        if isinstance(version, DeltaTable):  # already opened by the caller
+            return version
         if self._pinned is not None and version in (None, self._pinned.version()):
             return self._pinned
-        return tables.open_table(self.path, version)
+        dt = tables.open_table(self.path, version)
+        if version is None:
+            layout.check("bars", dt)
+        return dt
 
     def exists(self) -> bool:
         return self._pinned is not None or tables.exists(self.path)
 
     def version(self) -> int | None:
+        """The table's latest Delta version (maintenance commits included)."""
         return self._open().version() if self.exists() else None
+
+    def resolve(self, data_version: int, latest: int | None = None) -> int:
+        """The Delta version to read data version ``data_version`` at: the newest one
+        holding exactly its data (the maintenance commits after a data version change
+        no data, and after them its rows are in compacted files). This is the lake's
+        version map: data versions keep their numbers through maintenance."""
+        latest = self.version() if latest is None else latest
+        if latest is None or data_version < 0 or data_version > latest:
+            raise LakeError(f"bars has no data version {data_version}"
+                            + (f" (versions 0..{latest})" if latest is not None else ""))
+        v = data_version
+        if not tables.commit_entry_exists(self.path, v):  # log cleaned: start at its oldest
+            v = max(v, tables.earliest_version(self.path))
+        meta = data_meta(self.path, v)
+        if int(meta.get("data_version", v)) != data_version or (
+                meta.get("kind") in MAINTENANCE_KINDS and "data_version" not in meta):
+            raise LakeError(f"bars data version {data_version} is no longer readable: no "
+                            "protected version holds it (vacuumed)")
+        while v < latest and tables.commit_meta_at(self.path, v + 1).get("kind") \
+                in MAINTENANCE_KINDS:
+            v += 1
+        return v
+
+    def data_version(self, version: int | None = None) -> int | None:
+        """The data version a table version holds: its own number for an ingest,
+        the version it preserves for a maintenance commit."""
+        if not self.exists():
+            return None
+        dt = self._open(version)
+        meta = self._meta(dt)
+        return int(meta.get("data_version", dt.version()))
 
     # -- reading -----------------------------------------------------------
     def read(self, version: int | None = None, instruments: list[str] | None = None,
              start=None, end=None, columns: list[str] | None = None) -> pd.DataFrame:
-        """Bars as of ``version`` (latest when None), sorted by instrument, date."""
+        """Bars as of data version ``version`` (latest when None), sorted by
+        instrument, date."""
+        if instruments is not None and not instruments:
+            return pd.DataFrame(columns=columns or BAR_COLUMNS)
+        at = None
+        if version is not None:
+            head = self._open()
+            at = self.resolve(version, head.version())
+            if at == head.version():
+                at = None if self._pinned is not None else head
+        table = self.read_arrow(at, instruments, start, end, columns)
+        frame = tables.to_frame(table)
+        order = [c for c in ("instrument", "date") if c in frame]
+        return frame.sort_values(order, kind="stable").reset_index(drop=True) if order else frame
+
+    def read_arrow(self, version=None, instruments=None, start=None, end=None,
+                   columns=None, after: int | None = None) -> pa.Table:
         dt = self._open(version)
+        want = list(columns) if columns is not None else list(BAR_COLUMNS)
+        if dt.metadata().partition_columns:  # an old-layout version (before --migrate)
+            return self._read_partitioned(dt, instruments, start, end, want)
+        files = self._files(dt, instruments, start, end, after)
+        if not files:
+            return STORED_SCHEMA.empty_table().select(want)
+        expr = tables.row_filter(instruments, start, end)
+        if after is not None:
+            e = ds.field(VERSION_COLUMN) > after
+            expr = e if expr is None else expr & e
+        return ds.dataset(files, format="parquet", schema=STORED_SCHEMA).to_table(
+            columns=want, filter=expr)
+
+    def _read_partitioned(self, dt, instruments, start, end, want) -> pa.Table:
         filters = []
         if instruments is not None:
-            if not instruments:
-                return pd.DataFrame(columns=columns or BAR_COLUMNS)
             filters.append(("instrument", "in", list(instruments)))
         if start is not None:
             filters.append(("date", ">=", pd.Timestamp(start).date()))
         if end is not None:
             filters.append(("date", "<=", pd.Timestamp(end).date()))
-        table = dt.to_pyarrow_table(columns=columns, filters=filters or None)
-        frame = tables.to_frame(table)
-        order = [c for c in ("instrument", "date") if c in frame]
-        return frame.sort_values(order, kind="stable").reset_index(drop=True) if order else frame
+        names = [c for c in want if c in tables.schema_names(dt)]
+        return pa.table(dt.to_pyarrow_table(columns=names, filters=filters or None))
 
-    def changes(self, after: int, upto: int | None = None) -> pd.DataFrame | None:
-        """Rows inserted or restated in versions ``after+1 .. upto`` (change data feed).
+    def _files(self, dt, instruments=None, start=None, end=None, after=None) -> list[str]:
+        """Data files that may hold the wanted rows, pruned on the log's min/max."""
+        ranges = []
+        if instruments is not None:
+            ranges.append(("instrument", min(instruments), max(instruments)))
+        if start is not None or end is not None:
+            ranges.append(("date", _day(start), _day(end)))
+        if after is not None:
+            ranges.append((VERSION_COLUMN, ">", int(after)))
+        return tables.prune(dt, ranges)
 
-        Columns: the bar columns, ``change`` ("insert" or "update") and ``version`` (the
-        commit that last changed the row). ``None`` when
-        the table keeps no change feed (then callers recompute from snapshots).
-        """
-        dt = self._open(upto)
-        if dt.metadata().configuration.get("delta.enableChangeDataFeed") != "true":
-            return None
-        if after >= dt.version():
-            return pd.DataFrame(columns=BAR_COLUMNS + ["change", "version"])
-        feed = pa.table(dt.load_cdf(starting_version=after + 1, ending_version=dt.version()))
-        frame = tables.to_frame(feed)
-        kinds = frame["_change_type"]
-        frame = frame[kinds.isin(["insert", "update_postimage"])].copy()
-        frame["change"] = np.where(frame["_change_type"] == "insert", "insert", "update")
-        frame["version"] = frame["_commit_version"].astype("int64")
-        if frame["version"].nunique() > 1:
-            # The same key may change in several versions: keep its latest image, and
-            # call it an update if any of its changes was one.
-            updated = frame.loc[frame["change"] == "update", KEY].drop_duplicates()
-            frame = frame.sort_values("version").drop_duplicates(KEY, keep="last")
-            frame = frame.merge(updated.assign(_upd=True), on=KEY, how="left")
-            frame.loc[frame["_upd"].eq(True), "change"] = "update"
-        return frame[BAR_COLUMNS + ["change", "version"]].sort_values(KEY).reset_index(drop=True)
+    def files_for(self, instruments: list[str], version: int | None = None) -> list[str]:
+        """The data files that may hold any of ``instruments`` (a feature block's)."""
+        return self._files(self._open(version), instruments)
 
-    def files(self, version: int | None = None) -> dict[str, list[str]]:
-        """The data files of a version, by instrument (absolute paths), from the log.
-        A pinned view lists its version's files once (a daily-ingested table holds a
-        file per instrument per day; a run asks for them up to three times)."""
+    def changes(self, after: int, upto: int | None = None) -> pd.DataFrame:
+        """Rows added or restated by data versions ``after+1 .. upto``, as of ``upto``
+        (latest when None): the bar columns and ``version`` (the data version that
+        last wrote the row). Reads only files whose statistics reach past ``after``."""
+        table = self.read_arrow(upto, columns=BAR_COLUMNS + [VERSION_COLUMN], after=after)
+        frame = tables.to_frame(table).rename(columns={VERSION_COLUMN: "version"})
+        return frame.sort_values(KEY, kind="stable").reset_index(drop=True)
+
+    def catalog(self, version: int | None = None) -> Catalog:
+        """Instruments and trading calendar of a version, from its commit metadata
+        (a scan of the two columns only for commits of other writers)."""
+        if not self.exists():
+            return Catalog([], pd.DatetimeIndex([], dtype="datetime64[ns]"))
         dt = self._open(version)
-        if dt is self._pinned and self._pinned_files is not None:
-            return self._pinned_files
-        actions = tables.add_actions(dt)
-        out: dict[str, list[str]] = {}
-        root = str(self.path)
-        for path, inst in zip(actions.column("path").to_pylist(),
-                              actions.column("partition.instrument").to_pylist()):
-            out.setdefault(inst, []).append(f"{root}/{path}")
-        if dt is self._pinned:
-            self._pinned_files = out
-        return out
+        meta = self._meta(dt)
+        if "catalog" in meta:
+            return Catalog.decode(meta["catalog"])
+        log.warning("bars version %d has no catalog in its commit (another writer's); "
+                    "scanning its instrument and date columns", dt.version())
+        table = self.read_arrow(dt.version(), columns=["instrument", "date"])
+        names = pc.unique(table.column("instrument")).to_pylist()
+        days = pc.unique(table.column("date")).to_numpy(zero_copy_only=False)
+        return Catalog(sorted(names), pd.DatetimeIndex(np.sort(days.astype("datetime64[ns]"))))
 
     def calendar(self, version: int | None = None) -> pd.DatetimeIndex:
-        """Every date that has a bar in a version, sorted: the trading calendar.
-        Reads only the date column of the version's files (4x faster than a
-        Delta scan of the column, which first builds every partition's filter)."""
-        paths = [p for group in self.files(version).values() for p in group]
-        if not paths:
-            return pd.DatetimeIndex([], dtype="datetime64[ns]")
-        dates = ds.dataset(paths, format="parquet").to_table(columns=["date"]).column("date")
-        days = pc.unique(dates).to_numpy(zero_copy_only=False).astype("datetime64[ns]")
-        return pd.DatetimeIndex(np.sort(days))
+        """Every date that has a bar in a version, sorted: the trading calendar."""
+        return self.catalog(version).calendar
 
     def instruments(self, version: int | None = None) -> list[str]:
-        return sorted(self.files(version))
+        return self.catalog(version).instruments
 
     def stats(self, version: int | None = None) -> dict:
-        """Rows, instruments and date range of a version, from the log alone."""
+        """Rows, instruments and date range of a version, from its commit metadata."""
         if not self.exists():
-            return {"rows": 0, "instruments": 0, "start": None, "end": None}
+            return dict(_EMPTY_STATS)
+        meta = self._meta(self._open(version))
+        if "rows" in meta:
+            return {k: meta.get(k) for k in ("rows", "instruments", "start", "end")}
         actions = tables.add_actions(self._open(version))
         if actions.num_rows == 0:
-            return {"rows": 0, "instruments": 0, "start": None, "end": None}
-        mins = [d for d in actions.column("min.date").to_pylist() if d is not None]
-        maxs = [d for d in actions.column("max.date").to_pylist() if d is not None]
-        return {
-            "rows": int(sum(actions.column("num_records").to_pylist())),
-            "instruments": len(set(actions.column("partition.instrument").to_pylist())),
-            "start": str(min(mins)) if mins else None,
-            "end": str(max(maxs)) if maxs else None,
-        }
+            return dict(_EMPTY_STATS)
+        return {"rows": int(pc.sum(actions["num_records"]).as_py()),
+                "instruments": len(self.instruments(version)),
+                "start": str(pc.min(actions["min.date"]).as_py()),
+                "end": str(pc.max(actions["max.date"]).as_py())}
+
+    def _meta(self, dt: DeltaTable) -> dict:
+        """The summary and catalog of ``dt``'s version: from its commit's metadata, or,
+        for a maintenance commit that carries none (vacuum's), from the commits before
+        it ({} when a commit of another writer comes first)."""
+        if dt is self._pinned and self._pinned_meta is not None:
+            return self._pinned_meta
+        meta = data_meta(self.path, dt.version())
+        if dt is self._pinned:
+            self._pinned_meta = meta
+        return meta
 
     # -- writing -----------------------------------------------------------
     def commit(self, bars: pd.DataFrame, source: str, extra: dict | None = None) -> CommitResult:
@@ -158,83 +281,136 @@ class BarsTable:
 
         Identical data makes no commit. New rows only -> one append commit;
         any restated row -> one merge commit covering new and restated rows.
+        A concurrent commit makes this one re-read the table and try again.
         """
         if self._pinned is not None:
             raise LakeError("a pinned view of the bars table is read-only")
         bars = bars[BAR_COLUMNS]
-        if not self.exists():
-            return self._write(bars, source, extra, restated=None, current=None)
-        current = self.version()
-        instruments = sorted(bars["instrument"].unique().tolist())
-        existing = self.read(current, instruments=instruments,
-                             start=bars["date"].min(), end=bars["date"].max())
-        merged = bars.merge(existing, on=KEY, how="left", suffixes=("", "_old"), indicator=True)
-        is_new = (merged["_merge"] == "left_only").to_numpy()
-        changed = np.zeros(len(merged), dtype=bool)
-        for c in VALUE_COLUMNS:
-            a, b = merged[c].to_numpy(), merged[f"{c}_old"].to_numpy()
-            changed |= ~is_new & ~((a == b) | (np.isnan(a) & np.isnan(b)))
-        if not is_new.any() and not changed.any():
-            stats = self.stats(current)
-            return CommitResult(current, False, 0, 0, stats, [], None, None)
-        delta = merged.loc[is_new | changed, BAR_COLUMNS].reset_index(drop=True)
-        return self._write(delta, source, extra, restated=int(changed.sum()), current=current)
+        for attempt in range(COMMIT_ATTEMPTS):
+            try:
+                return self._commit_once(bars, source, extra)
+            except tables.WriteConflict as exc:
+                log.info("bars: %s; re-reading (attempt %d)", exc, attempt + 1)
+                time.sleep(random.uniform(0.005, 0.02 * min(attempt + 1, 10)))
+        raise LakeError(f"bars: other writers kept committing first ({COMMIT_ATTEMPTS} tries); "
+                        "nothing was written, run the ingest again")
 
-    def _write(self, rows: pd.DataFrame, source: str, extra: dict | None,
-               restated: int | None, current: int | None) -> CommitResult:
-        n_restated = restated or 0
-        n_added = len(rows) - n_restated
-        before = self.stats(current) if current is not None else {
-            "rows": 0, "instruments": 0, "start": None, "end": None}
-        old_instruments = set(self.instruments(current)) if current is not None else set()
+    def _commit_once(self, bars: pd.DataFrame, source: str, extra: dict | None) -> CommitResult:
+        base = self._open() if tables.exists(self.path) else None
+        if base is None:
+            return self._write(base, bars, source, extra, restated=0)
+        instruments = sorted(bars["instrument"].unique().tolist())
+        existing = self._read_at(base, instruments, bars["date"].min(), bars["date"].max())
+        merged, is_new, changed = new_or_changed(bars, existing)
+        if not is_new.any() and not changed.any():
+            stats = self._summary_of(base)
+            return CommitResult(self._data_version_of(base), False, 0, 0, stats, [], None, None)
+        delta = merged.loc[is_new | changed, BAR_COLUMNS].reset_index(drop=True)
+        delta["_restated"] = changed[is_new | changed]
+        return self._write(base, delta, source, extra, restated=int(changed.sum()))
+
+    def _read_at(self, dt, instruments, start, end) -> pd.DataFrame:
+        return self._view(dt).read(None, instruments, start, end)
+
+    def _write(self, base: DeltaTable | None, rows: pd.DataFrame, source: str,
+               extra: dict | None, restated: int) -> CommitResult:
+        version = base.version() + 1 if base is not None else 0
+        n_added = len(rows) - restated
+        before = self._summary_of(base) if base is not None else dict(_EMPTY_STATS)
+        old = self.catalog_of(base) if base is not None else Catalog(
+            [], pd.DatetimeIndex([], dtype="datetime64[ns]"))
         changed_instruments = sorted(rows["instrument"].unique().tolist())
         start, end = rows["date"].min(), rows["date"].max()
+        catalog = old.union(changed_instruments, rows["date"].unique())
         summary = {
             "kind": "ingest",
             "source": source,
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "rows": before["rows"] + n_added,
-            "instruments": len(old_instruments | set(changed_instruments)),
-            "start": min(filter(None, [before["start"], f"{start:%Y-%m-%d}"])),
-            "end": max(filter(None, [before["end"], f"{end:%Y-%m-%d}"])),
+            "rows": (before["rows"] or 0) + n_added,
+            "instruments": len(catalog.instruments),
+            "start": f"{catalog.calendar[0]:%Y-%m-%d}",
+            "end": f"{catalog.calendar[-1]:%Y-%m-%d}",
             "rows_added": n_added,
-            "rows_restated": n_restated,
+            "rows_restated": restated,
             "status": "ok",
             **(extra or {}),
+            "data_version": version,
+            "catalog": catalog.encode(),
         }
-        table = tables.to_arrow(rows, BARS_SCHEMA)
-        props = tables.commit_properties(summary)
-        if not n_restated:
-            # The change data feed lets the feature pipeline read exactly what a
-            # version added or restated, without diffing snapshots.
-            config = None if current is not None else {"delta.enableChangeDataFeed": "true"}
-            write_deltalake(str(self.path), table, mode="append", partition_by=["instrument"],
-                            commit_properties=props, configuration=config)
-        else:
-            dt = tables.open_table(self.path)
-            listed = ", ".join("'" + i.replace("'", "''") + "'" for i in changed_instruments)
-            (dt.merge(table, predicate=(f"t.instrument IN ({listed}) AND "
-                                        "t.instrument = s.instrument AND t.date = s.date"),
-                      source_alias="s", target_alias="t", commit_properties=props)
-               .when_matched_update_all().when_not_matched_insert_all().execute())
-        version = self.version()
-        return CommitResult(version, True, n_added, n_restated,
+        rows = rows.sort_values(KEY, kind="stable").reset_index(drop=True)
+        table = tables.to_arrow(rows[BAR_COLUMNS].assign(**{VERSION_COLUMN: np.int64(version)}),
+                                STORED_SCHEMA)
+        files = self._write_sorted(table)
+        try:
+            removes = self._rewrite_without(base, rows.loc[rows["_restated"]], files) \
+                if restated else []
+            tables.commit_files(self.path, base, files, STORED_SCHEMA, summary, exact=True,
+                                removes=removes)
+        except BaseException:
+            tables.discard_files(self.path, files)
+            raise
+        return CommitResult(version, True, n_added, restated,
                             {k: summary[k] for k in ("rows", "instruments", "start", "end")},
                             changed_instruments, start, end)
 
+    def _write_sorted(self, table: pa.Table) -> list[dict]:
+        """``table`` (sorted by instrument, date) as data files of at most
+        ``target_file_rows`` rows, not committed yet."""
+        step = self.spec.target_file_rows
+        return [tables.write_data_file(self.path, table.slice(i, step), tables.data_file_name(),
+                                       stats_columns=STATS_COLUMNS,
+                                       row_group_rows=self.spec.row_group_rows)
+                for i in range(0, table.num_rows, step)]
+
+    def _rewrite_without(self, base: DeltaTable, restated: pd.DataFrame,
+                         written: list[dict]) -> list:
+        """Restated rows: every committed file holding one of their keys is rewritten
+        without them (their new values are in this commit's new files). Returns the
+        remove actions; the rewritten files are appended to ``written``."""
+        keys = restated[KEY].assign(_hit=True)
+        names = sorted(restated["instrument"].unique())
+        candidates = self._files(base, names, restated["date"].min(), restated["date"].max())
+        root = tables.uri_path(base)
+        gone = []
+        for path in candidates:
+            old = ds.dataset(path, format="parquet", schema=STORED_SCHEMA).to_table()
+            frame = tables.to_frame(old.select(KEY))
+            hit = frame.merge(keys, on=KEY, how="left")["_hit"].eq(True).to_numpy()
+            if not hit.any():
+                continue
+            gone.append(path[len(root) + 1:])
+            written.extend(self._write_sorted(old.filter(pa.array(~hit))))
+        return tables.remove_actions(base, gone, data_change=True)
+
+    def _view(self, dt: DeltaTable) -> "BarsTable":
+        view = BarsTable(self.path.parent)
+        view._pinned = dt
+        return view
+
+    def _summary_of(self, dt: DeltaTable) -> dict:
+        return self._view(dt).stats()
+
+    def catalog_of(self, dt: DeltaTable) -> Catalog:
+        return self._view(dt).catalog()
+
+    def _data_version_of(self, dt: DeltaTable) -> int:
+        return self._view(dt).data_version()
+
     # -- history -----------------------------------------------------------
     def versions(self) -> list[dict]:
-        """Every data version, oldest first: id, created at, source, range, rows, status."""
+        """Every data version, oldest first: id, created at, source, range, rows, status.
+        Maintenance commits (which change no data) are not data versions."""
         if not self.exists():
             return []
         out = []
         for entry in sorted(tables.open_table(self.path).history(), key=lambda e: e["version"]):
             meta = tables.commit_meta(entry)
+            if meta.get("kind") in MAINTENANCE_KINDS:
+                continue
             created = meta.get("created_at") or datetime.fromtimestamp(
                 entry.get("timestamp", 0) / 1000, timezone.utc).isoformat(timespec="seconds")
-            if not meta:  # a commit made by another Delta writer (optimize, ...)
-                meta = {"source": entry.get("operation", "unknown"), "status": "external",
-                        **self.stats(entry["version"])}
+            if not meta:  # a commit made by another Delta writer
+                meta = {"source": entry.get("operation", "unknown"), "status": "external"}
             out.append({
                 "version": entry["version"],
                 "created_at": created,
@@ -277,3 +453,36 @@ class BarsTable:
                          for i, d in merged.loc[restated, KEY].head(1000).itertuples(index=False)],
         }
 
+
+# The change data feed stays on (other readers may use it; maintenance commits add no
+# rows to it); expired-log cleanup is maintenance's, as for every table.
+BARS_CONFIG = {**tables.TABLE_CONFIG, "delta.enableChangeDataFeed": "true"}
+
+
+def _day(value):
+    return None if value is None else pa.scalar(pd.Timestamp(value).date(), pa.date32())
+
+
+def new_or_changed(bars: pd.DataFrame, existing: pd.DataFrame):
+    """``bars`` joined to the ``existing`` rows of their keys: (joined frame, mask of
+    keys not there yet, mask of keys whose values differ)."""
+    merged = bars.merge(existing, on=KEY, how="left", suffixes=("", "_old"), indicator=True)
+    is_new = (merged["_merge"] == "left_only").to_numpy()
+    changed = np.zeros(len(merged), dtype=bool)
+    for c in VALUE_COLUMNS:
+        a, b = merged[c].to_numpy(), merged[f"{c}_old"].to_numpy()
+        changed |= ~is_new & ~((a == b) | (np.isnan(a) & np.isnan(b)))
+    return merged, is_new, changed
+
+
+def data_meta(path: Path, version: int) -> dict:
+    """Our metadata describing the data of ``version``: walks back over maintenance
+    commits that carry no catalog (at most a few: every ingest commit carries one)."""
+    for v in range(version, -1, -1):
+        meta = tables.commit_meta_at(path, v)
+        if "catalog" in meta or meta.get("kind") not in MAINTENANCE_KINDS:
+            return meta
+    return {}
+
+
+MAINTENANCE_KINDS = ("maintenance", "migration")

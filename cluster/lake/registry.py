@@ -17,7 +17,7 @@ To add a table, add one ``register(TableSpec(...))`` line below:
   the highest ``latest_by`` (the features table appends recomputed rows and
   readers keep the newest; maintenance drops the superseded ones).
 - ``target_file_rows`` / ``row_group_rows``: the size of rewritten files and of
-  their row groups.
+  their row groups; ``compression`` and ``dictionary_columns`` how they are encoded.
 """
 from __future__ import annotations
 
@@ -32,7 +32,16 @@ class TableSpec:
     latest_by: str | None = None
     target_file_rows: int = 1_000_000
     row_group_rows: int = 16_384
+    compression: str = "zstd"
+    dictionary_columns: tuple[str, ...] | None = None  # None: dictionary-encode all
     description: str = ""
+
+    @property
+    def stats_columns(self) -> tuple[str, ...]:
+        """Columns whose min/max rewritten files record in the log (what readers prune
+        on): the clustering columns and the usual range columns."""
+        return tuple(dict.fromkeys(self.cluster_by + ("date", "data_version", "offset",
+                                                      "time")))
 
     def __post_init__(self):
         if bool(self.dedupe_key) != bool(self.latest_by):
@@ -63,7 +72,8 @@ register(TableSpec("bars", cluster_by=("instrument", "date"), row_group_rows=8_1
 # ~190 float columns: 8,192 rows are ~7 MB; files of ~250k rows stay ~200 MB.
 register(TableSpec("features", cluster_by=("feature_set", "instrument", "date"),
                    dedupe_key=("feature_set", "instrument", "date"), latest_by="data_version",
-                   row_group_rows=8_192, target_file_rows=262_144,
+                   row_group_rows=8_192, target_file_rows=262_144, compression="lz4",
+                   dictionary_columns=("instrument", "feature_set"),
                    description="indicators + Alpha158 + label per feature set"))
 register(TableSpec("events", cluster_by=("offset",),
                    description="the event bus; offsets materialised in the rows"))

@@ -11,6 +11,7 @@ race leaves neither a duplicate row nor a stray file.
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from datetime import date, datetime
@@ -81,8 +82,87 @@ def commit_meta(entry: dict) -> dict:
         return {}
 
 
+def commit_meta_at(root: str | Path, version: int) -> dict:
+    """Our metadata of commit ``version`` ({} when the commit is another writer's or
+    its log entry was cleaned up). Read from that one log entry: delta-rs's
+    ``history()`` only walks back from the newest commit."""
+    entry = Path(root) / "_delta_log" / f"{int(version):020d}.json"
+    try:
+        with open(entry, encoding="utf-8") as f:
+            for line in f:
+                if line.startswith('{"commitInfo"'):
+                    return commit_meta(json.loads(line)["commitInfo"])
+    except FileNotFoundError:
+        return {}
+    return {}
+
+
+def commit_entry_exists(root: str | Path, version: int) -> bool:
+    return (Path(root) / "_delta_log" / f"{int(version):020d}.json").exists()
+
+
+def earliest_version(root: str | Path) -> int:
+    """The oldest version whose commit is still in the log (lists the log folder)."""
+    found = [int(f[:20]) for f in os.listdir(Path(root) / "_delta_log")
+             if len(f) == 25 and f.endswith(".json") and f[:20].isdigit()]
+    return min(found) if found else 0
+
+
 def add_actions(dt: DeltaTable) -> pa.Table:
     return pa.table(dt.get_add_actions(flatten=True))
+
+
+def prune(dt: DeltaTable, ranges: list[tuple]) -> list[str]:
+    """Paths of the data files of ``dt`` whose log min/max may hold rows in every
+    ``(column, lo, hi)`` range (inclusive; None: open; ``(column, ">", v)``: max > v).
+    A file without statistics for a column is kept."""
+    actions = add_actions(dt)
+    if actions.num_rows == 0:
+        return []
+    keep = pa.array([True] * actions.num_rows)
+    for column, lo, hi in ranges:
+        if f"max.{column}" not in actions.column_names:
+            continue
+        mins, maxs = actions[f"min.{column}"], actions[f"max.{column}"]
+        if lo == ">":
+            cond = pc.greater(maxs, pa.scalar(hi).cast(maxs.type))
+        else:
+            cond = None
+            if hi is not None:
+                cond = pc.less_equal(mins, pa.scalar(hi).cast(mins.type))
+            if lo is not None:
+                c = pc.greater_equal(maxs, pa.scalar(lo).cast(maxs.type))
+                cond = c if cond is None else pc.and_(cond, c)
+            if cond is None:
+                continue
+        keep = pc.and_(keep, pc.fill_null(cond, True))
+    root = uri_path(dt)
+    return [f"{root}/{p}" for p in actions.filter(keep).column("path").to_pylist()]
+
+
+def row_filter(instruments=None, start=None, end=None, **equal):
+    """A dataset filter: instrument in ``instruments``, date in [start, end], and
+    ``column == value`` for each keyword (None: no condition)."""
+    import pyarrow.dataset as ds
+    parts = [ds.field(c) == v for c, v in equal.items() if v is not None]
+    if instruments is not None:
+        parts.append(ds.field("instrument").isin(list(instruments)))
+    if start is not None:
+        parts.append(ds.field("date") >= pa.scalar(pd.Timestamp(start).date(), pa.date32()))
+    if end is not None:
+        parts.append(ds.field("date") <= pa.scalar(pd.Timestamp(end).date(), pa.date32()))
+    expr = None
+    for part in parts:
+        expr = part if expr is None else expr & part
+    return expr
+
+
+def plain_strings(table: pa.Table) -> pa.Table:
+    """``table`` with string_view columns (what delta-rs's DataFusion readers return)
+    cast to plain strings, which the Arrow compute kernels and our schemas use."""
+    fields = [pa.field(f.name, pa.string()) if f.type == pa.string_view() else f
+              for f in table.schema]
+    return table.cast(pa.schema(fields)) if fields != list(table.schema) else table
 
 
 def to_frame(table: pa.Table) -> pd.DataFrame:
@@ -168,7 +248,8 @@ def remove_actions(dt: DeltaTable, paths: list[str], data_change: bool) -> list[
 def commit_files(path: Path, base: DeltaTable | None, files: list[dict], schema: pa.Schema,
                  meta: dict, *, removes: list[RemoveAction] = (), mode: str = "append",
                  exact: bool = False, data_change: bool = True,
-                 app: tuple[str, int] | None = None) -> int:
+                 app: tuple[str, int] | None = None,
+                 configuration: dict | None = None) -> int:
     """One commit adding ``files`` (written by :func:`write_data_file`) on top of
     ``base`` (the table as the caller read it; None: create the table). Returns
     the new version. Raises :class:`WriteConflict` when ``exact`` (or ``app``) and
@@ -178,7 +259,8 @@ def commit_files(path: Path, base: DeltaTable | None, files: list[dict], schema:
     try:
         if base is None:
             create_table_with_add_actions(str(path), Schema.from_arrow(schema), actions,
-                                          mode="error", configuration=TABLE_CONFIG,
+                                          mode="error",
+                                          configuration=configuration or TABLE_CONFIG,
                                           commit_properties=props)
             return 0
         base.create_write_transaction(actions, mode=mode, schema=schema,

@@ -245,8 +245,13 @@ def load_features(settings: Settings) -> FeatureData:
     table = FeaturesTable(settings.lake_dir)
     if not table.exists():
         raise MlopsError("no features yet: run `python -m jobs.features` first")
-    frame = table.read()
-    meta = table.last_meta()
+    from cluster.features.featureset import current_feature_set
+    feature_set = current_feature_set(settings.feature_pipeline.indicators).id
+    frame = table.read(feature_set=feature_set)
+    if frame.empty:
+        raise MlopsError(f"no features of the configured feature set {feature_set} yet: "
+                         "run `python -m jobs.features` first")
+    meta = table.last_meta(feature_set)
     return FeatureData(frame, int(frame["data_version"].max()),
                        str(frame["feature_set"].iloc[0]) if len(frame) else meta.get(
                            "feature_set", ""), table.version())

@@ -1,0 +1,348 @@
+"""Lake maintenance: compact, cluster, checkpoint and vacuum every Delta table.
+
+Steps, per table (``registry.py`` says how each table is clustered):
+
+- ``zorder`` (tables with ``cluster_by``) and ``compact`` (tables with a
+  ``dedupe_key``): one rewrite of the table's current files, in chunks of whole
+  instruments, sorted by ``cluster_by`` into files of ``target_file_rows`` with
+  row groups of ``row_group_rows``; for tables with a dedupe key only the newest
+  row per key is kept. delta-rs's z-order interleaves the bits of several
+  columns, so one instrument's rows of a (instrument, date) z-order would spread
+  over many row groups; a sort keeps them together, which is what readers prune on.
+- ``compact`` (other tables): delta-rs's bin-packing ``optimize.compact``.
+- ``checkpoint``: a Delta checkpoint, so opening the table reads one file plus
+  the commits after it.
+- ``vacuum``: delta-rs's vacuum with ``keep_versions`` = the protected versions
+  (``retention.py``), then the log entries older than the oldest protected
+  version are deleted, after a checkpoint at that version, so time travel to
+  every protected version keeps working.
+
+Every commit maintenance makes changes no data (``dataChange=false``): readers,
+the bars' ``data_version`` rows and the factor cache see the same rows before
+and after. The rewrite commits at exactly the version it read (a concurrent
+writer makes it fail and leaves the table as it was; the next run does it), and
+a failed step deletes the files it wrote, so the previous version stays intact.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+from deltalake import DeltaTable, WriterProperties
+
+from cluster.errors import LakeError
+from cluster.lake import layout, retention, tables
+from cluster.lake.registry import TableSpec, spec_for
+
+log = logging.getLogger(__name__)
+STEPS = ("compact", "zorder", "checkpoint", "vacuum")
+# What a bars commit says about its data; a maintenance commit that rewrites files
+# carries it on (exactly: it commits at the version it read), so readers find the
+# catalog in the newest commit.
+CARRIED = ("catalog", "rows", "instruments", "start", "end", "data_version", "source")
+COMPACT_TARGET_BYTES = 128 * 2**20
+_LOG_ENTRY = re.compile(r"^(\d{20})\.(json|crc|checkpoint\..*parquet)$")
+
+
+def discover(lake_dir: Path) -> list[str]:
+    """Names of the Delta tables directly under the lake folder."""
+    root = Path(lake_dir)
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / "_delta_log").is_dir())
+
+
+def maintain(settings, names: list[str] | None = None, steps: list[str] | None = None,
+             dry_run: bool = False) -> dict:
+    """Run ``steps`` (default all) on ``names`` (default every table); the summary
+    ``jobs.maintain`` prints. Publishes ``lake_maintained``."""
+    started = time.perf_counter()
+    lake = Path(settings.lake_dir)
+    found = discover(lake)
+    names = list(names or found)
+    unknown = sorted(set(names) - set(found))
+    if unknown:
+        raise LakeError(f"no Delta table {unknown} under {lake} (tables: {found})")
+    steps = [s for s in STEPS if s in (steps or STEPS)]
+    old = layout.old_tables(lake)
+    if old:
+        raise layout.LayoutError(
+            f"the lake at {lake} has an older layout ({'; '.join(f'{k}: {v}' for k, v in old.items())}); "
+            f"run `{layout.MIGRATE_COMMAND}` first")
+    report = {}
+    for name in names:
+        report[name] = TableMaintenance(lake, name, settings, dry_run).run(steps)
+    summary = {"tables": report, "steps": steps, "dry_run": dry_run,
+               "errors": {n: r["error"] for n, r in report.items() if r.get("error")},
+               "seconds": round(time.perf_counter() - started, 3)}
+    from cluster.events import LakeMaintained, get_bus
+    try:
+        get_bus(lake).publish(LakeMaintained(
+            tables={n: {k: r.get(k) for k in ("files_before", "files_after", "bytes_before",
+                                              "bytes_after", "error")}
+                    for n, r in report.items()},
+            steps=steps, dry_run=dry_run, seconds=summary["seconds"]))
+    except Exception as exc:  # the work is done; say so rather than lose the summary
+        log.warning("publishing lake_maintained failed: %s", exc)
+        summary["errors"]["lake_maintained"] = f"{type(exc).__name__}: {exc}"
+    return summary
+
+
+class TableMaintenance:
+    def __init__(self, lake: Path, name: str, settings, dry_run: bool):
+        self.name, self.settings, self.dry_run = name, settings, dry_run
+        self.path = tables.table_path(lake, name)
+        self.spec: TableSpec = spec_for(name)
+        self._dt: DeltaTable | None = None
+
+    def table(self) -> DeltaTable:
+        """The table at its latest version: opened once, then brought up to date."""
+        if self._dt is None:
+            self._dt = DeltaTable(str(self.path))
+        else:
+            self._dt.update_incremental()
+        return self._dt
+
+    def run(self, steps: list[str]) -> dict:
+        started = time.perf_counter()
+        before = self.usage()
+        out = {f"{k}_before": v for k, v in before.items()}
+        out["steps"] = {}
+        rewrite = ("zorder" in steps and bool(self.spec.cluster_by)) or \
+            ("compact" in steps and bool(self.spec.dedupe_key))
+        try:
+            if rewrite:
+                done = self.rewrite()
+                for step in ("compact", "zorder"):
+                    if step in steps:
+                        out["steps"][step] = done
+            elif "compact" in steps:
+                out["steps"]["compact"] = self.compact()
+            if "zorder" in steps and "zorder" not in out["steps"]:
+                out["steps"]["zorder"] = {"skipped": "table is not clustered (registry)"}
+            if "vacuum" in steps:  # before the checkpoint, which then covers its commits
+                out["steps"]["vacuum"] = self.vacuum()
+            if "checkpoint" in steps:
+                out["steps"]["checkpoint"] = self.checkpoint()
+            out["error"] = None
+        except Exception as exc:
+            log.exception("maintaining %s failed", self.name)
+            out["error"] = f"{type(exc).__name__}: {exc}"
+        after = self.usage()
+        out.update({f"{k}_after": v for k, v in after.items()})
+        out["version"] = self.table().version()
+        out["versions_kept"] = out["steps"].get("vacuum", {}).get("versions_kept")
+        out["seconds"] = round(time.perf_counter() - started, 3)
+        return out
+
+    # -- usage -------------------------------------------------------------
+    def usage(self) -> dict:
+        """Files and bytes the latest version references, and what is on disk."""
+        actions = tables.add_actions(self.table())
+        disk_files = disk_bytes = 0
+        for root, dirs, files in os.walk(self.path):
+            dirs[:] = [d for d in dirs if d != "_delta_log"]
+            for f in files:
+                if f.endswith(".parquet"):
+                    disk_files += 1
+                    disk_bytes += os.path.getsize(os.path.join(root, f))
+        log_dir = self.path / "_delta_log"
+        return {"files": actions.num_rows,
+                "bytes": int(pc.sum(actions["size_bytes"]).as_py() or 0),
+                "disk_files": disk_files, "disk_bytes": disk_bytes,
+                "log_files": sum(1 for _ in log_dir.iterdir()) if log_dir.is_dir() else 0}
+
+    def meta(self, step: str, dt: DeltaTable, carry: bool) -> dict:
+        meta = {"kind": "maintenance", "step": step,
+                "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        if carry:
+            prev = tables.commit_meta_at(self.path, dt.version())
+            if "catalog" not in prev and self.name == "bars":
+                from cluster.lake.bars import data_meta
+                prev = data_meta(self.path, dt.version())
+            meta.update({k: prev[k] for k in CARRIED if k in prev})
+        return meta
+
+    # -- compact + cluster (+ dedupe) ----------------------------------------
+    def _rewritten_since_data(self, dt: DeltaTable) -> bool:
+        """True when no data commit came after the last rewrite (nothing to do)."""
+        for v in range(dt.version(), -1, -1):
+            meta = tables.commit_meta_at(self.path, v)
+            if meta.get("kind") != "maintenance":
+                return False
+            if meta.get("step") == "rewrite":
+                return True
+        return False
+
+    def rewrite(self) -> dict:
+        dt = self.table()
+        actions = tables.add_actions(dt)
+        paths = actions.column("path").to_pylist()
+        rows = int(pc.sum(actions["num_records"]).as_py() or 0) if paths else 0
+        if not paths or (len(paths) <= max(1, -(-rows // self.spec.target_file_rows))
+                         and self._rewritten_since_data(dt)):
+            return {"skipped": "already clustered", "files": len(paths)}
+        if self.dry_run:
+            return {"would_rewrite_files": len(paths), "rows": rows}
+        schema = pa.schema(dt.schema().to_arrow())
+        root = tables.uri_path(dt)
+        dataset = ds.dataset([f"{root}/{p}" for p in paths], format="parquet", schema=schema)
+        written: list[dict] = []
+        kept = 0
+        try:
+            for expr in self._chunks(dataset, rows):
+                table = dataset.to_table(filter=expr)
+                if self.spec.dedupe_key:
+                    table = keep_latest(table, self.spec.dedupe_key, self.spec.latest_by)
+                order = [(c, "ascending") for c in self.spec.cluster_by if c in schema.names]
+                if order:
+                    table = table.sort_by(order)
+                kept += table.num_rows
+                written += self._write(table)
+            removes = tables.remove_actions(dt, paths, data_change=False)
+            tables.commit_files(self.path, dt, written, schema, self.meta("rewrite", dt, True),
+                                removes=removes, exact=True, data_change=False)
+        except BaseException:
+            tables.discard_files(self.path, written)
+            raise
+        return {"files_rewritten": len(paths), "files_written": len(written), "rows_in": rows,
+                "rows_out": kept, "rows_dropped": rows - kept}
+
+    def _chunks(self, dataset: ds.Dataset, rows: int) -> list:
+        """Filters that cut the table into whole-instrument chunks of at most about
+        ``target_file_rows`` rows (one chunk, no filter, when it is smaller)."""
+        if rows <= self.spec.target_file_rows or "instrument" not in dataset.schema.names:
+            return [None]
+        counts = dataset.to_table(columns=["instrument"]).column("instrument").value_counts()
+        pairs = sorted(zip(counts.field("values").to_pylist(),
+                           counts.field("counts").to_pylist()), key=lambda p: (p[0] is None, p[0]))
+        chunks, lo, size = [], None, 0
+        for i, (value, n) in enumerate(pairs):
+            if value is None:
+                continue
+            lo = value if lo is None else lo
+            size += n
+            if size >= self.spec.target_file_rows or i == len(pairs) - 1 or pairs[i + 1][0] is None:
+                field = ds.field("instrument")
+                chunks.append((field >= lo) & (field <= value))
+                lo, size = None, 0
+        if any(v is None for v, _ in pairs):
+            chunks.append(ds.field("instrument").is_null())
+        return chunks
+
+    def _write(self, table: pa.Table) -> list[dict]:
+        step = self.spec.target_file_rows
+        dictionary = list(self.spec.dictionary_columns) if self.spec.dictionary_columns \
+            is not None else True
+        if isinstance(dictionary, list):
+            dictionary = [c for c in dictionary if c in table.column_names]
+        return [tables.write_data_file(self.path, table.slice(i, step), tables.data_file_name(),
+                                       row_group_rows=self.spec.row_group_rows,
+                                       stats_columns=self.spec.stats_columns,
+                                       compression=self.spec.compression, dictionary=dictionary)
+                for i in range(0, table.num_rows, step)]
+
+    def compact(self) -> dict:
+        dt = self.table()
+        n = tables.add_actions(dt).num_rows
+        if n <= 1:
+            return {"skipped": "one file or none", "files": n}
+        if self.dry_run:
+            return {"would_compact_files": n}
+        metrics = dt.optimize.compact(
+            target_size=COMPACT_TARGET_BYTES,
+            writer_properties=WriterProperties(max_row_group_size=self.spec.row_group_rows),
+            commit_properties=tables.commit_properties(self.meta("compact", dt, True),
+                                                       exact=True))
+        return {"files_removed": metrics.get("numFilesRemoved"),
+                "files_added": metrics.get("numFilesAdded")}
+
+    # -- checkpoint ----------------------------------------------------------
+    def checkpoint(self) -> dict:
+        dt = self.table()
+        if not self.dry_run:
+            dt.create_checkpoint()
+        return {"version": dt.version(), "written": not self.dry_run}
+
+    # -- vacuum + log cleanup -------------------------------------------------
+    def protected(self, dt: DeltaTable) -> tuple[list[int], dict]:
+        """Versions vacuum keeps and log cleanup leaves loadable; for bars, each
+        protected data version is kept at the newest Delta version holding it."""
+        latest = dt.version()
+        retain = self.settings.lake.retain_versions
+        why: dict = {}
+        if self.name != "bars":
+            return list(range(max(0, latest - retain + 1), latest + 1)), why
+        from cluster.lake.bars import BarsTable
+        bars = BarsTable(self.path.parent)
+        named = retention.protected_data_versions(self.settings)
+        recent = set(retention.recent_data_versions(self.path, latest, retain))
+        keep = {latest}
+        for d in sorted(recent | set(named)):
+            try:
+                keep.add(bars.resolve(d, latest))
+            except LakeError as exc:  # a version of another lake, or gone before
+                log.warning("bars: %s", exc)
+                continue
+            why[d] = named.get(d, []) + (["recent"] if d in recent else [])
+        return sorted(keep), why
+
+    def vacuum(self) -> dict:
+        dt = self.table()
+        keep, why = self.protected(dt)
+        removed = dt.vacuum(retention_hours=0, dry_run=self.dry_run,
+                            enforce_retention_duration=False, keep_versions=keep,
+                            commit_properties=tables.commit_properties(
+                                self.meta("vacuum", dt, False)))
+        # bars: the log keeps each protected data version's own commit too (its summary,
+        # for jobs.data versions), not only the newest version holding its data
+        oldest = min([*keep, *why]) if keep else dt.version()
+        logs = self.clean_log(oldest)
+        out = {"files_removed": len(removed), "log_entries_removed": logs,
+               "versions_kept": keep, "dry_run": self.dry_run}
+        if self.name == "bars":
+            out["data_versions_kept"] = sorted(why)
+            out["protected_by"] = {str(k): v for k, v in sorted(why.items())}
+        return out
+
+    def clean_log(self, oldest: int) -> int:
+        """Delete log entries of versions before ``oldest`` (the oldest protected),
+        after writing a checkpoint at ``oldest`` (so it and every later version
+        stay loadable) and one at the latest version (what readers start from)."""
+        log_dir = self.path / "_delta_log"
+        doomed = [f for f in os.listdir(log_dir)
+                  if (m := _LOG_ENTRY.match(f)) and int(m.group(1)) < oldest]
+        if self.dry_run or not doomed:
+            return len(doomed)
+        if not any(f.startswith(f"{oldest:020d}.checkpoint") for f in os.listdir(log_dir)):
+            at = DeltaTable(str(self.path))
+            at.load_as_version(oldest)
+            at.create_checkpoint()
+        self.table().create_checkpoint()  # _last_checkpoint -> the latest
+        for f in doomed:
+            (log_dir / f).unlink(missing_ok=True)
+        return len(doomed)
+
+
+def keep_latest(table: pa.Table, key: tuple[str, ...], latest_by: str) -> pa.Table:
+    """Per ``key``, the row with the highest ``latest_by`` (one of them on ties)."""
+    if table.num_rows < 2:
+        return table
+    table = table.sort_by([(c, "ascending") for c in (*key, latest_by)])
+    n = table.num_rows
+    same_next = None
+    for c in key:
+        col = table.column(c)
+        eq = pc.fill_null(pc.equal(col.slice(0, n - 1), col.slice(1)), False)
+        both_null = pc.and_(pc.is_null(col.slice(0, n - 1)), pc.is_null(col.slice(1)))
+        eq = pc.or_(eq, both_null)
+        same_next = eq if same_next is None else pc.and_(same_next, eq)
+    keep = pa.concat_arrays([pc.invert(same_next).combine_chunks(), pa.array([True])])
+    return table.filter(keep)
