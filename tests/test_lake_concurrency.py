@@ -106,7 +106,7 @@ def test_two_feature_runs_never_append_the_same_rows(tmp_path):
     assert not raw.duplicated(["feature_set", *KEY, "data_version"]).any()
     calendar = pd.DatetimeIndex(days)
     pipe = FeaturePipeline(settings, EventBus(None))
-    want = compute_full(data, calendar, pipe.fs, 0).features
+    want = tables.to_frame(compute_full(data, calendar, pipe.fs, 0).features)
     cmp = (lambda f: f.drop(columns=["data_version"]).sort_values(KEY).reset_index(drop=True))
     pd.testing.assert_frame_equal(cmp(features.read()), cmp(want), check_exact=False,
                                   rtol=1e-5, atol=1e-7)

@@ -111,7 +111,7 @@ def test_property1_incremental_equals_full_across_maintenance(scenario):
             pipe.run(incremental=True, use_ray=False)
         got = FeaturesTable(settings.lake_dir).read()
         calendar = pd.DatetimeIndex(sorted(state["date"].unique()))
-        want = compute_full(state, calendar, pipe.fs, 0).features
+        want = tables.to_frame(compute_full(state, calendar, pipe.fs, 0).features)
         cmp = (lambda f: f.drop(columns=["data_version"]).sort_values(KEY)
                .reset_index(drop=True))
         pd.testing.assert_frame_equal(cmp(got), cmp(want), check_exact=False,
