@@ -17,6 +17,7 @@ from cluster.config import load_settings
 from cluster.events import EventBus
 from cluster.features.compute import compute_full
 from cluster.features.pipeline import FeaturePipeline
+from cluster.lake import tables
 from cluster.lake.bars import BarsTable
 from cluster.lake.features import FeaturesTable
 from cluster.schema import KEY
@@ -43,6 +44,7 @@ FEATURES = PRELUDE + """
 from cluster.config import load_settings
 from cluster.events import EventBus
 from cluster.features.pipeline import FeaturePipeline
+from cluster.lake import tables
 print(FeaturePipeline(load_settings(home=home), EventBus(None)).run(
     incremental=True, use_ray=False)["computed_rows"])
 """
@@ -94,7 +96,7 @@ def test_two_feature_runs_never_append_the_same_rows(tmp_path):
     data = market(3, 70, seed=4)  # two rounds of two runs at once
     days = sorted(data["date"].unique())
     bars = BarsTable(settings.lake_dir)
-    bars.commit(data[data["date"] <= days[66]], "history")
+    bars.commit(data[data["date"] <= days[67]], "history")
     FeaturePipeline(settings, EventBus(None)).run(incremental=False, use_ray=False)
     features = FeaturesTable(settings.lake_dir)
     for day in days[68:]:
