@@ -62,8 +62,14 @@ class FeaturePipelineSettings(_Section):
 
 class QlibSettings(_Section):
     region: Literal["us", "cn"] = "us"
-    label: str = "Ref($close, -2) / Ref($close, -1) - 1"
-    label_horizon: int = 2
+    # The one source of the label horizon: the label is Ref($close, -h)/Ref($close, -1)
+    # - 1 (``label``), and training's and tuning's purge gaps are h days.
+    label_horizon: int = Field(2, ge=2)
+
+    @property
+    def label(self) -> str:
+        from cluster.features.label import label_expression
+        return label_expression(self.label_horizon)
 
 
 class IngestSettings(_Section):

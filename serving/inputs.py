@@ -31,8 +31,8 @@ def serving_feature_set(settings) -> str:
         head = table.read_arrow(columns=["feature_set"], dedupe=False).column("feature_set")
         if len(head):
             return str(head[0])
-    from cluster.features.featureset import current_feature_set
-    return current_feature_set(settings.feature_pipeline.indicators).id
+    from cluster.features.featureset import feature_set_for
+    return feature_set_for(settings).id
 
 
 @dataclass

@@ -322,3 +322,28 @@ def test_data_synced_events_drive_incremental_runs(tmp_path):
     assert done[0]["computed_rows"] == 3 * (2 + alpha158.LOOKAHEAD)
     assert follow_data_synced(bus, last, settings, on_summary=done.append) == last
     assert len(done) == 1  # nothing new: nothing computed
+
+
+def test_label_horizon_is_one_setting(tmp_path):
+    """qlib.label_horizon drives the label (its expression, values and the look-ahead
+    rows an update re-emits) and names a different feature set; the purge gaps of
+    training and tuning read the same setting."""
+    settings = load_settings(home=tmp_path, qlib={"label_horizon": 3})
+    bus = EventBus(None)
+    table, pipe = BarsTable(settings.lake_dir), FeaturePipeline(settings, bus)
+    assert pipe.fs.id != current_feature_set().id and pipe.fs.label_horizon == 3
+    assert pipe.fs.definitions["alpha158"]["LABEL0"] == settings.qlib.label == \
+        "Ref($close, -3)/Ref($close, -1) - 1"
+    bars = market(3, 80, seed=2)
+    last = bars["date"].max()
+    table.commit(bars[bars["date"] < last], "history")
+    pipe.run(incremental=False, use_ray=False)
+    table.commit(bars, "one more day")
+    assert pipe.run(incremental=True, use_ray=False)["computed_rows"] == 3 * (1 + 3)
+    got = FeaturesTable(settings.lake_dir).read(feature_set=pipe.fs.id)
+    one = bars[bars["instrument"] == bars["instrument"].iloc[0]].reset_index(drop=True)
+    row = got[got["instrument"] == one["instrument"].iloc[0]].reset_index(drop=True)
+    expect = one["close"].shift(-3) / one["close"].shift(-1) - 1
+    np.testing.assert_allclose(row["LABEL0"].to_numpy()[:-3], expect.to_numpy()[:-3],
+                               rtol=1e-4, atol=1e-6)
+    assert row["LABEL0"].iloc[-3:].isna().all()

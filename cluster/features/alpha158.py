@@ -52,14 +52,17 @@ import numba as nb
 import numpy as np
 import pandas as pd
 
+from cluster.features.label import LABEL_HORIZON, LABEL_NAME, label_expression
+
 WINDOWS = (5, 10, 20, 30, 60)
-LABEL_NAME = "LABEL0"
-LABEL_EXPRESSION = "Ref($close, -2)/Ref($close, -1) - 1"
+# The label's horizon is the setting qlib.label_horizon (see label.py).
+LABEL_EXPRESSION = label_expression()
 # Rows of earlier history a row needs: Ref($close, 60), and the 60-day windows of
 # Std/Mean/Sum/Corr over expressions that already use Ref(..., 1) (59 + 1).
 LOOKBACK = 60
-# Future rows the label needs: Ref($close, -2).
-LOOKAHEAD = 2
+# Future rows the default label needs: Ref($close, -2) (a feature set's own is
+# ``FeatureSet.label_horizon``).
+LOOKAHEAD = LABEL_HORIZON
 
 _KEY = ["instrument", "date"]
 
@@ -144,10 +147,10 @@ assert len(ALPHA158_NAMES) == 158 and ALPHA158_NAMES[0] == "KMID" \
     and ALPHA158_NAMES[-1] == "VSUMD60"
 
 
-def alpha158_definitions() -> dict[str, str]:
+def alpha158_definitions(horizon: int = LABEL_HORIZON) -> dict[str, str]:
     """Name -> Qlib expression for the 158 features (Qlib's order), then LABEL0."""
     out = dict(zip(_NAMES, _FIELDS))
-    out[LABEL_NAME] = LABEL_EXPRESSION
+    out[LABEL_NAME] = label_expression(horizon)
     return out
 
 
@@ -683,15 +686,16 @@ def _shift1(a: np.ndarray, starts: np.ndarray) -> np.ndarray:
     return out
 
 
-def _compute(bars: pd.DataFrame, n_new) -> pd.DataFrame:
-    out, sel = _values(bars, n_new)
+def _compute(bars: pd.DataFrame, n_new, horizon: int = LABEL_HORIZON) -> pd.DataFrame:
+    out, sel = _values(bars, n_new, horizon)
     frame = pd.DataFrame(out.T, columns=_OUT_NAMES, index=bars.index[sel], copy=False)
     frame.insert(0, "date", bars["date"].to_numpy()[sel])
     frame.insert(0, "instrument", bars["instrument"].array.take(sel))
     return frame
 
 
-def _values(bars: pd.DataFrame, n_new) -> tuple[np.ndarray, np.ndarray]:
+def _values(bars: pd.DataFrame, n_new, horizon: int = LABEL_HORIZON
+            ) -> tuple[np.ndarray, np.ndarray]:
     """(values: one float32 row per output column, positions of the output rows)."""
     starts, ends = _blocks(bars) if len(bars) else (np.zeros(0, np.int64), np.zeros(0, np.int64))
     if n_new is None:
@@ -748,7 +752,7 @@ def _values(bars: pd.DataFrame, n_new) -> tuple[np.ndarray, np.ndarray]:
             idx = sel - d
             ok = idx >= sel_start
             out[_ROLL0 + w] = np.where(ok, c[np.where(ok, idx, 0)], np.float32(np.nan)) / sc
-        i1, i2 = sel + 1, sel + 2     # LABEL0: Ref($close, -2)/Ref($close, -1) - 1
+        i1, i2 = sel + 1, sel + horizon     # LABEL0: Ref($close, -h)/Ref($close, -1) - 1
         c1 = np.where(i1 < sel_end, c[np.minimum(i1, len(c) - 1)], np.float32(np.nan))
         c2 = np.where(i2 < sel_end, c[np.minimum(i2, len(c) - 1)], np.float32(np.nan))
         out[_LABEL_COL] = c2 / c1 - np.float32(1)
@@ -780,7 +784,7 @@ def _values(bars: pd.DataFrame, n_new) -> tuple[np.ndarray, np.ndarray]:
     return out, sel
 
 
-def compute_alpha158(bars: pd.DataFrame) -> pd.DataFrame:
+def compute_alpha158(bars: pd.DataFrame, horizon: int = LABEL_HORIZON) -> pd.DataFrame:
     """Alpha158 + LABEL0 for every row of ``bars``.
 
     ``bars``: canonical bars (instrument, date, open, high, low, close, volume,
@@ -789,23 +793,24 @@ def compute_alpha158(bars: pd.DataFrame) -> pd.DataFrame:
     date, NaN rows allowed. Returns the same rows and index with columns
     ``instrument``, ``date``, the 158 features and ``LABEL0`` (float32).
     """
-    return _compute(bars, None)
+    return _compute(bars, None, horizon)
 
 
-def alpha158_values(bars: pd.DataFrame) -> np.ndarray:
+def alpha158_values(bars: pd.DataFrame, horizon: int = LABEL_HORIZON) -> np.ndarray:
     """``compute_alpha158``'s values alone: one float32 row per column (the 158
     features, then LABEL0), one column per row of ``bars``."""
-    return _values(bars, None)[0]
+    return _values(bars, None, horizon)[0]
 
 
-def compute_alpha158_tail(bars_with_history: pd.DataFrame, n_new) -> pd.DataFrame:
+def compute_alpha158_tail(bars_with_history: pd.DataFrame, n_new,
+                          horizon: int = LABEL_HORIZON) -> pd.DataFrame:
     """Alpha158 + LABEL0 for only the last ``n_new`` rows of each instrument.
 
     ``n_new``: an int for every instrument, a sequence of ints (one per
     instrument block, in row order), or a mapping instrument -> int (missing
     instruments: 0). With at least ``LOOKBACK`` rows of history before
     those rows, the values equal ``compute_alpha158`` on the full history
-    (LABEL0 needs ``LOOKAHEAD`` later rows, so it is NaN on the last two rows of
-    an instrument either way). Output rows keep the input order and index.
+    (LABEL0 needs ``horizon`` later rows, so it is NaN on the last ``horizon`` rows
+    of an instrument either way). Output rows keep the input order and index.
     """
-    return _compute(bars_with_history, n_new)
+    return _compute(bars_with_history, n_new, horizon)

@@ -22,10 +22,10 @@ from cluster.schema import VALUE_COLUMNS
 KEY = ["instrument", "date"]
 
 
-def tail_length() -> int:
+def tail_length(horizon: int = alpha158.LABEL_HORIZON) -> int:
     """Rows the cache keeps per instrument: the look-back of the rows it may re-emit
-    (the last LOOKAHEAD rows, whose label the next days complete) plus those rows."""
-    return alpha158.LOOKBACK + alpha158.LOOKAHEAD
+    (the last ``horizon`` rows, whose label the next days complete) plus those rows."""
+    return alpha158.LOOKBACK + horizon
 
 
 @dataclass
@@ -45,7 +45,7 @@ def compute_full(bars: pd.DataFrame, calendar: pd.DatetimeIndex, fs: FeatureSet,
     directly (no frame joins or sorts: the grid is in key order)."""
     bars = bars.sort_values(KEY, kind="stable").reset_index(drop=True)
     grid, at = alpha158.reindex_with_rows(bars, calendar)
-    alpha = alpha158.alpha158_values(grid)                          # 159 x rows, float32
+    alpha = alpha158.alpha158_values(grid, fs.label_horizon)        # 159 x rows, float32
     values, states = indicators.indicator_values(bars, fs.params)   # 22 x bars, float64
     ind = np.full((len(values), len(grid)), np.nan)
     ind[:, at] = values
@@ -86,7 +86,7 @@ def compute_append(new_bars: pd.DataFrame, tail: pd.DataFrame,
     """New days of instruments whose cached history is unchanged.
 
     ``new_bars``: only bars dated after each instrument's cached last date.
-    Emits the new rows plus the last LOOKAHEAD cached rows (their label now has
+    Emits the new rows plus the last ``fs.label_horizon`` cached rows (their label now has
     the closes it needs); reads no bars history: the look-back is ``tail``.
     """
     # a few hundred rows: numpy object strings take/merge faster than Arrow-backed ones
@@ -110,14 +110,16 @@ def compute_append(new_bars: pd.DataFrame, tail: pd.DataFrame,
     grid_new = grid_new.merge(ind_new[KEY + ind_cols], on=KEY, how="left")
     series = pd.concat([old[KEY + VALUE_COLUMNS + ind_cols], grid_new])
     series = series.sort_values(KEY, kind="stable").reset_index(drop=True)
-    # emit: the new rows and the LOOKAHEAD cached rows before them (whose label the
+    # emit: the new rows and the label-horizon cached rows before them (whose label the
     # new closes complete); the tail holds the LOOKBACK rows their windows need
-    emit = (old.groupby("instrument").size().clip(upper=alpha158.LOOKAHEAD)
+    emit = (old.groupby("instrument").size().clip(upper=fs.label_horizon)
             .add(grid_new.groupby("instrument").size(), fill_value=0).astype(int))
-    alpha = alpha158.compute_alpha158_tail(series, emit.to_dict())  # keeps series' index
+    alpha = alpha158.compute_alpha158_tail(series, emit.to_dict(),  # keeps series' index
+                                           fs.label_horizon)
     features = _features(pd.concat([alpha, series.loc[alpha.index, ind_cols]], axis=1),
                          fs, data_version)
-    new_tail = series.groupby("instrument", sort=False).tail(tail_length()).reset_index(
+    new_tail = series.groupby("instrument", sort=False).tail(
+        tail_length(fs.label_horizon)).reset_index(
         drop=True)
     added = grid_new.groupby("instrument").size()
     new_meta = meta.loc[names].copy()
@@ -155,7 +157,7 @@ def _with_nulls(values: np.ndarray, typ: pa.DataType) -> list[pa.Array]:
 def _tail(grid: pd.DataFrame, ind: np.ndarray, fs: FeatureSet, starts: np.ndarray,
           ends: np.ndarray) -> pd.DataFrame:
     """The last ``tail_length()`` grid rows of each instrument, with its indicators."""
-    lengths = np.minimum(ends - starts, tail_length())
+    lengths = np.minimum(ends - starts, tail_length(fs.label_horizon))
     offsets = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64)
     rows = np.arange(int(lengths.sum()), dtype=np.int64) + np.repeat(ends - lengths - offsets,
                                                                       lengths)

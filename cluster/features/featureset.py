@@ -22,6 +22,10 @@ FEATURE_SET_VERSION = 1  # bump when code changes values without changing defini
 @dataclass(frozen=True)
 class FeatureSet:
     params: IndicatorParams
+    # trading days the label looks ahead (settings.qlib.label_horizon): the label
+    # expression, the look-ahead rows an update re-emits, and the purge gap of
+    # training and tuning all read this one setting
+    label_horizon: int = alpha158.LABEL_HORIZON
 
     @cached_property
     def alpha_columns(self) -> list[str]:
@@ -43,7 +47,7 @@ class FeatureSet:
     def definitions(self) -> dict:
         return {
             "version": FEATURE_SET_VERSION,
-            "alpha158": alpha158.alpha158_definitions(),
+            "alpha158": alpha158.alpha158_definitions(self.label_horizon),
             "indicators": indicators.indicator_definitions(self.params),
             "calendar": "union of all instruments' dates; each instrument reindexed between "
                         "its first and last date",
@@ -64,8 +68,19 @@ class FeatureSet:
         return pa.schema(fields)
 
 
-def current_feature_set(params: IndicatorParams | None = None) -> FeatureSet:
-    if params is None:
+def current_feature_set(params: IndicatorParams | None = None,
+                        label_horizon: int | None = None) -> FeatureSet:
+    """The feature set of these indicator parameters and label horizon (each from the
+    process settings when not given)."""
+    if params is None or label_horizon is None:
         from cluster.config import get_settings
-        params = get_settings().feature_pipeline.indicators
-    return FeatureSet(params)
+        settings = get_settings()
+        params = params if params is not None else settings.feature_pipeline.indicators
+        label_horizon = label_horizon if label_horizon is not None else \
+            settings.qlib.label_horizon
+    return FeatureSet(params, label_horizon)
+
+
+def feature_set_for(settings) -> FeatureSet:
+    """The feature set a component with these settings computes and reads."""
+    return FeatureSet(settings.feature_pipeline.indicators, settings.qlib.label_horizon)

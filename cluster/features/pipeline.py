@@ -34,7 +34,7 @@ from cluster.errors import LakeError, MlopsError
 from cluster.events import EventBus, FeaturesUpdated, get_bus
 from cluster.features.cache import CacheSnapshot, FeatureCache
 from cluster.features.compute import Computed, compute_append, compute_full
-from cluster.features.featureset import FeatureSet, current_feature_set
+from cluster.features.featureset import FeatureSet, feature_set_for
 from cluster.features.indicators import IndicatorStates
 from cluster.lake import tables
 from cluster.lake.bars import BarsTable
@@ -65,7 +65,7 @@ class FeaturePipeline:
         self.features = FeaturesTable(self.lake)
         self.cache = FeatureCache(self.lake)
         self.bus = bus if bus is not None else get_bus(self.lake)
-        self.fs: FeatureSet = current_feature_set(self.settings.feature_pipeline.indicators)
+        self.fs: FeatureSet = feature_set_for(self.settings)
         self.ray_start_seconds = 0.0
 
     # -- entry point -------------------------------------------------------

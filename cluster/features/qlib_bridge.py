@@ -15,10 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from cluster.sources.qlib_provider import write_qlib_provider
-
-LABEL_NAME = "LABEL0"
-LABEL_HORIZON = 2
+from cluster.features.label import LABEL_HORIZON, LABEL_NAME  # defaults; callers pass
+from cluster.sources.qlib_provider import write_qlib_provider  # settings.qlib.label_horizon
 # The real shared data (2015-01-12 .. 2020-01-10): Qlib-style fixed segments.
 REAL_DATA_SEGMENTS = {
     "train": ("2015-01-12", "2017-12-29"),

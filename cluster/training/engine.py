@@ -245,8 +245,8 @@ def load_features(settings: Settings) -> FeatureData:
     table = FeaturesTable(settings.lake_dir)
     if not table.exists():
         raise MlopsError("no features yet: run `python -m jobs.features` first")
-    from cluster.features.featureset import current_feature_set
-    feature_set = current_feature_set(settings.feature_pipeline.indicators).id
+    from cluster.features.featureset import feature_set_for
+    feature_set = feature_set_for(settings).id
     frame = table.read(feature_set=feature_set)
     if frame.empty:
         raise MlopsError(f"no features of the configured feature set {feature_set} yet: "
