@@ -48,7 +48,7 @@ def create_app(runtime: ServingRuntime, queue=None) -> FastAPI:
         await runtime.stop()
 
     app = FastAPI(title="stock-mlops serving", version="1", lifespan=lifespan,
-                  description=__doc__)
+                  description=__doc__, default_response_class=errors.FiniteJSONResponse)
     app.state.runtime = runtime
     app.state.api = ctx
     errors.install(app)

@@ -56,7 +56,7 @@ _STATUS = [(NotReady, 503), (NotFound, 404), (TooLarge, 413), (InputError, 422),
            (RegistryError, 404), (LakeError, 404), (DeploymentConflict, 409),
            (Unauthorized, 401), (Forbidden, 403),
            (IllegalTransition, 409), (IntegrityError, 422), (CompatibilityError, 422),
-           (VersionUnhealthy, 422), (NotExplainable, 422), (MlopsError, 409), (ValueError, 422)]
+           (VersionUnhealthy, 422), (NotExplainable, 422), (ValueError, 422), (MlopsError, 409)]
 
 
 def status_of(exc: Exception) -> int:
@@ -107,3 +107,24 @@ def install(app: FastAPI) -> None:
         app.add_exception_handler(kind, ours)
     app.add_exception_handler(RequestValidationError, invalid)
     app.add_exception_handler(Exception, ours)
+
+
+def _finite(obj):
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+class FiniteJSONResponse(JSONResponse):
+    """JSON with NaN and infinities as null (JSON has no such numbers; Starlette would
+    raise, a 500): library answers carry NaN where a figure is undefined."""
+
+    def render(self, content) -> bytes:
+        try:
+            return super().render(content)
+        except ValueError:
+            return super().render(_finite(content))

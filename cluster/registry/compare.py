@@ -1,7 +1,6 @@
 """Comparing registered versions side by side (``GET /api/models/compare``)."""
 from __future__ import annotations
 
-from cluster.errors import MlopsError
 
 MAX_COMPARED = 20
 
@@ -11,9 +10,9 @@ def compare_versions(registry, model_ids: list[str]) -> dict:
     best version (highest; lowest for loss-like metrics: ``mse``, ``loss``)."""
     ids = list(dict.fromkeys(m.strip() for m in model_ids if m.strip()))
     if len(ids) < 2:
-        raise MlopsError("compare needs at least two model ids, e.g. ids=m/1,m/2")
+        raise ValueError("ids: compare needs at least two model ids, e.g. ids=m/1,m/2")
     if len(ids) > MAX_COMPARED:
-        raise MlopsError(f"compare at most {MAX_COMPARED} versions at once, got {len(ids)}")
+        raise ValueError(f"ids: compare at most {MAX_COMPARED} versions at once, got {len(ids)}")
     rows = []
     for model_id in ids:
         name, sep, version = model_id.rpartition("/")

@@ -3,7 +3,6 @@ changing an indicator's definition (a new feature set)."""
 from __future__ import annotations
 
 import datetime as dt
-import math
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -12,6 +11,7 @@ from pydantic import BaseModel, Field
 from serving.auth import Principal
 from serving.context import ApiContext
 from serving.errors import ERROR_RESPONSES
+from serving.routes.frames import records
 
 MAX_ROWS = 5000
 
@@ -29,27 +29,20 @@ class FeatureChange(BaseModel):
     recompute: bool = Field(True, description="queue a full feature run for the new set")
 
 
-def _records(frame) -> list[dict]:
-    out = []
-    for row in frame.to_dict("records"):
-        clean = {}
-        for k, v in row.items():
-            if hasattr(v, "isoformat"):
-                v = v.date().isoformat() if hasattr(v, "date") else v.isoformat()
-            elif isinstance(v, float) and not math.isfinite(v):
-                v = None
-            clean[k] = v
-        out.append(clean)
-    return out
-
-
 def router(ctx: ApiContext) -> APIRouter:
     r = APIRouter(tags=["features"], responses=ERROR_RESPONSES)
 
     @r.get("/api/features")
     async def catalog(_who: Principal = Depends(ctx.viewer)) -> dict:
         from cluster.features.catalog import feature_catalog
-        return await ctx.blocking(feature_catalog, ctx.settings)
+        from cluster.lake.bars import BarsTable
+
+        def read():
+            out = feature_catalog(ctx.settings)
+            bars = BarsTable(ctx.settings.lake_dir)
+            out["instruments"] = bars.instruments() if bars.exists() else []
+            return out
+        return await ctx.blocking(read)
 
     @r.get("/api/features/{stock_code}")
     async def instrument_features(
@@ -66,13 +59,32 @@ def router(ctx: ApiContext) -> APIRouter:
                                                         if c.strip())]
 
         def read():
+            from cluster.lake import tables
+            from cluster.lake.bars import BarsTable
             from cluster.lake.features import FeaturesTable
+            table_ = FeaturesTable(ctx.settings.lake_dir)
+            if cols and table_.exists():
+                names = set(tables.open_table(table_.path).schema().to_arrow().names)
+                unknown = [c for c in cols if c not in names]
+                if unknown:
+                    raise ValueError(f"columns: no feature(s) {unknown[:10]} in the features "
+                                     "table (see GET /api/features)")
             frame = read_instrument_features(stock_code, version, start, end, cols,
                                              ctx.settings)
             frame = frame.sort_values("date").tail(limit)
+            data_version = (int(frame["data_version"].max()) if "data_version" in frame
+                            and frame["data_version"].notna().any() else None)
+            bars = []
+            table = BarsTable(ctx.settings.lake_dir)
+            if len(frame) and table.exists():       # the prices the indicators are drawn on
+                bars = records(table.read(
+                    data_version, instruments=[stock_code], start=frame["date"].min(),
+                    end=frame["date"].max(),
+                    columns=["date", "open", "high", "low", "close", "volume"]))
             return {"instrument": stock_code, "features_version": version if version is not None
                     else FeaturesTable(ctx.settings.lake_dir).version(),
-                    "rows": len(frame), "records": _records(frame)}
+                    "data_version": data_version, "rows": len(frame),
+                    "records": records(frame), "bars": bars}
         return await ctx.blocking(read)
 
     @r.post("/api/features/calculate", status_code=202)
