@@ -53,24 +53,32 @@ def parse_args(argv):
 class JobActions(AlertActions):
     """The alert actions wired to serving's control plane and to job submission."""
 
-    def __init__(self, settings, deployment: str = "predictor",
-                 rollback: Callable[[str], object] | None = None,
-                 submit: Callable[[list[str], Path], str] | None = None, registry=None):
+    def __init__(self, settings, deployment: str = "predictor", control=None,
+                 submit: Callable[[list[str], Path, dict], str] | None = None, registry=None,
+                 token: str | None = None):
+        """``control``: the rollout controller to call (a ``serving.control.ControlPlane``
+        in process); default: the deployment's control-plane actor on the Ray cluster.
+        ``token``: the operator token the control plane checks and audits (default
+        ``MLOPS_TOKEN``, as for jobs.deploy)."""
         self.settings = settings
+        self.token = token if token is not None else os.environ.get("MLOPS_TOKEN")
         self.deployment = deployment
-        self._rollback = rollback
+        self.control = control
         self._submit = submit or submit_process
         self._registry = registry
 
     def rollback(self, t: Transition) -> str:
         reason = f"alert {t.reading.rule} on {t.reading.subject}: {t.reading.message}"
-        fn = self._rollback or self._control_rollback
-        status = fn(reason)
+        origin = f"jobs.monitor: alert {t.alert_id}"
+        if self.control is not None:
+            status = self.control.rollback("monitor", reason, token=self.token, origin=origin)
+        else:
+            status = self._control_rollback(reason, origin)
         if isinstance(status, dict):
             return f"rollback: state {status.get('state')}, stable {status.get('stable')}"
         return str(status)
 
-    def _control_rollback(self, reason: str):
+    def _control_rollback(self, reason: str, origin: str):
         import ray
         from serving.clients import ActorControl, control_actor
         if not ray.is_initialized():
@@ -83,7 +91,7 @@ class JobActions(AlertActions):
             control = ActorControl(control_actor(self.deployment, create=False))
         except ValueError:
             return f"no deployment {self.deployment!r} is running"
-        return control.call_sync("rollback", "monitor", reason)
+        return control.call_sync("rollback", "monitor", reason, token=self.token, origin=origin)
 
     def retrain(self, t: Transition) -> str:
         from cluster.registry.store import ModelRegistry
@@ -97,16 +105,17 @@ class JobActions(AlertActions):
         if job == "train":
             argv += ["--name", t.reading.model]     # the retrained version joins its model
         log = self.settings.home / "runs" / f"retrain-{t.alert_id}.log"
-        return self._submit(argv, log)
+        env = {"MLOPS_HOME": str(Path(self.settings.home).resolve())}
+        return self._submit(argv, log, env)
 
 
-def submit_process(argv: list[str], log: Path) -> str:
+def submit_process(argv: list[str], log: Path, env: dict | None = None) -> str:
     """Start the job as a detached child process (it outlives this one)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         proc = subprocess.Popen(argv, cwd=str(ROOT), stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True,
-                                env={**os.environ, "PYTHONPATH": str(ROOT)})
+                                env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
     return f"submitted {' '.join(argv[1:])} (pid {proc.pid}, log {log})"
 
 

@@ -225,3 +225,30 @@ def test_restarted_control_plane_serves_the_last_stable_version(stable):
     assert desired["stable"] == incumbent and desired["policy"]["weights"] == {incumbent: 1.0}
     with pytest.raises(Exception, match="already the stable"):
         again.deploy(incumbent, "canary", token=TOKENS["operator"])
+
+
+def test_monitor_rollback_action_goes_through_the_rollout_controller(stable):
+    """An alert whose rule names the ``rollback`` action (jobs.monitor's wiring) switches
+    the deployment back to the previous version and records what it did."""
+    from datetime import date
+
+    from cluster.monitoring import alerts as A
+    from jobs.monitor import JobActions
+    settings, models, client, plane, runtime, incumbent = stable
+    candidate = register(settings, models[1])
+    deploy(plane, candidate, "blue_green", window_s=0.0)
+    wait_state(plane, ("promoted",))
+    assert plane.status()["stable"] == candidate
+    mon = settings.monitoring.model_copy(update={"actions": {"accuracy_drop": "rollback"}})
+    name, _, version = candidate.rpartition("/")
+    out = A.AlertDispatcher(settings.lake_dir, mon, None, JobActions(settings, control=plane,
+                                                           token=TOKENS["operator"])) \
+        .dispatch(A.AlertBook().evaluate([A.Reading(
+            "accuracy_drop", candidate, 0.09, 0.05, True, day=date(2020, 3, 2), model=name,
+            version=version)]))
+    status = plane.status()
+    assert status["state"] == "rolled_back" and status["stable"] == incumbent
+    assert out[0]["action"] == "rollback" and incumbent in out[0]["action_result"]
+    assert "accuracy_drop" in status["history"][-1]["detail"]
+    row = A.AlertsTable(settings.lake_dir).current().iloc[-1]
+    assert row["action"] == "rollback" and row["state"] == "raised"

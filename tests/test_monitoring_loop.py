@@ -1,0 +1,146 @@
+"""The loop end to end on a small synthetic market with a regime shift: train before
+it, batch-score on Ray Data, monitor incrementally (IC decay, drift, alerts), what
+served on a date, Ray's metrics endpoint, and the retrain action."""
+from __future__ import annotations
+
+import subprocess
+import time
+import urllib.request
+from datetime import date
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cluster.config import load_settings
+from cluster.events import EventBus
+from cluster.features.pipeline import FeaturePipeline
+from cluster.lake import predictions as P
+from cluster.lake.ingest import ingest
+from cluster.monitoring import alerts as A
+from cluster.monitoring.batch import score
+from cluster.monitoring.monitor import Monitor
+from cluster.monitoring.served import served_on
+from cluster.monitoring.store import Table
+from cluster.registry.store import ModelRegistry
+from cluster.training.engine import TrainingEngine, TrainRequest
+
+N_DAYS, SHIFT = 420, 0.7
+
+
+@pytest.fixture(scope="module")
+def loop(tmp_path_factory):
+    home = tmp_path_factory.mktemp("monitor_home")
+    settings = load_settings(home=home)
+    bus = EventBus(settings.lake_dir)
+    summary = ingest("synthetic", stocks=40, days=N_DAYS, seed=5, regime_shift_at=SHIFT,
+                     settings=settings, bus=bus)
+    FeaturePipeline(settings, bus=bus).run(use_ray=False)
+    from jobs.pipeline import monitor_segments
+    segments = monitor_segments(settings)
+    result = TrainingEngine(settings, bus).run(TrainRequest(
+        "lightgbm", params={"num_leaves": 15, "num_boost_round": 60,
+                            "early_stopping_rounds": 20}, segments=segments))
+    assert result.state == "completed", result.error
+    scored_from = (pd.Timestamp(segments["valid"][1]) + pd.Timedelta(days=1)).date()
+    return settings, bus, result, scored_from, pd.Timestamp(summary["regime_shift_day"])
+
+
+def test_batch_scoring_on_ray_data_matches_one_process(loop, ray_session):
+    settings, bus, result, start, _ = loop
+    name, version = result.registry_name, result.version
+    on_ray = score(name, version, start=start, settings=settings, use_ray=True, write=False)
+    local = score(name, version, start=start, settings=settings, use_ray=False, write=False)
+    a, b = on_ray["output"], local["output"]
+    assert len(a) == len(b) > 0 and on_ray["days"] == local["days"]
+    np.testing.assert_allclose(a["output"], b["output"], rtol=1e-6)
+    assert a[["instrument", "date"]].equals(b[["instrument", "date"]])
+
+
+def test_monitor_is_incremental_and_alerts_only_after_the_shift(loop):
+    settings, bus, result, start, shift = loop
+    name, version = result.registry_name, result.version
+    mid = (pd.Timestamp(start) + pd.Timedelta(days=120)).date()
+    first = score(name, version, start=start, end=mid, settings=settings, use_ray=False)
+    mon = Monitor(settings, bus=bus, resources=False)
+    one = mon.run()
+    assert 0 < one["days_evaluated"] <= first["days"]
+    assert Monitor(settings, bus=bus, resources=False).run()["days_evaluated"] == 0
+    second = score(name, version, start=mid + pd.Timedelta(days=1), settings=settings,
+                   use_ray=False)
+    two = Monitor(settings, bus=bus, resources=False).run()
+    # the last label_horizon days wait for their labels (and the first run's last ones
+    # were evaluated by this run once the second batch brought their labels: none here,
+    # the features table already had them)
+    assert two["days_evaluated"] == second["days"] - settings.qlib.label_horizon
+    rows = Table(settings.lake_dir, "monitoring").read()
+    assert not rows.duplicated(["model_id", "kind", "date"]).any()
+    model_id = f"{name}/{version}"
+    entry = two["versions"][model_id]
+    assert entry["test_rank_ic"] is not None and entry["rank_ic_60"] is not None
+    assert two["ic_decay"][model_id]["decay_60"] == entry["ic_decay_60"]
+    alerts = A.AlertsTable(settings.lake_dir).history()
+    raised = alerts[alerts["state"] == "raised"]
+    assert (pd.to_datetime(raised["day"]) >= shift).all(), raised[["rule", "day"]]
+    assert "drift_score" in set(raised["rule"]), "the regime shift's drift is caught"
+    events = [e for _, e in bus.read(-1, ["alert_raised"])]
+    assert {e.rule for e in events} == set(raised["rule"])
+    drift = Table(settings.lake_dir, "drift").read()
+    assert drift.groupby("date")["feature"].nunique().min() == 158
+
+
+def test_served_on_a_date_traces_each_prediction(loop):
+    settings, bus, result, start, _ = loop
+    day = pd.Timestamp(start) + pd.Timedelta(days=7)
+    while day.weekday() >= 5:
+        day += pd.Timedelta(days=1)
+    out = served_on(settings.lake_dir, day, registry=ModelRegistry.for_settings(settings))
+    assert out["predictions"] == 40 and out["versions"] == [f"{result.registry_name}/"
+                                                             f"{result.version}"]
+    row = out["rows"][0]
+    assert row["source"] == "batch" and row["inputs"]["features_version"] is not None
+    assert row["inputs"]["data_version"] == row["trained_on"]["data_version"] == 0
+    assert row["trained_on"]["training_run"] == result.run_id
+    one = served_on(settings.lake_dir, day, "S0003", ModelRegistry.for_settings(settings))
+    assert [r["instrument"] for r in one["rows"]] == ["S0003"]
+    with pytest.raises(ValueError, match="not a date"):
+        served_on(settings.lake_dir, "yesterday-ish")
+
+
+def test_platform_metrics_are_on_rays_metrics_endpoint(loop, ray_session):
+    """ray.util.metrics from this driver, scraped from the session's metrics agent
+    (its export port works with the dashboard off)."""
+    from cluster.monitoring import raymetrics
+    settings, *_ = loop
+    summary = Monitor(settings, resources=False).run(since="2000-01-01")
+    raymetrics.export_run(summary, A.AlertsTable(settings.lake_dir))
+    port = ray_session._private.worker._global_node.metrics_export_port
+    deadline, body = time.monotonic() + 60, ""
+    while time.monotonic() < deadline:       # the agent is sent metrics every few seconds
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read() \
+            .decode()
+        if "ray_mlops_drift_score" in body and "ray_mlops_realised_rank_ic" in body:
+            break
+        time.sleep(1)
+    assert "ray_mlops_drift_score{" in body and 'window="60"' in body
+    assert "ray_mlops_active_alerts{" in body
+
+
+def test_retrain_action_submits_the_train_job(loop):
+    from jobs.monitor import JobActions
+    settings, bus, result, *_ = loop
+    procs = []
+
+    def submit(argv, log, env):       # the real submission, keeping the handle to wait on
+        procs.append(subprocess.Popen(argv + ["--set", "num_boost_round=5"],
+                                      env={**__import__("os").environ, **env},
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        return f"submitted {argv[1:]}"
+    t = A.AlertBook().evaluate([A.Reading("drift_score", f"{result.registry_name}/"
+                                          f"{result.version}", 0.6, 0.3, True,
+                                          day=date(2016, 9, 1), model=result.registry_name,
+                                          version=result.version)])[0]
+    assert JobActions(settings, submit=submit).retrain(t).startswith("submitted")
+    assert procs[0].wait(timeout=240) == 0
+    versions = ModelRegistry.for_settings(settings).versions(result.registry_name)
+    assert [v.version for v in versions][-1] == str(int(result.version) + 1)
