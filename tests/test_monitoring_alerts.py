@@ -132,3 +132,14 @@ def test_webhook_is_retried_with_back_off(tmp_path):
     # nobody listening: gives up after the retries, the alert is still recorded
     ok, attempts = A.post_webhook(url, {"x": 1}, retries=2, backoff_s=0.01, timeout_s=0.5)
     assert (ok, attempts) == (False, 3)
+
+
+def test_resource_rules_read_their_thresholds():
+    th = load_settings().monitoring.resource_thresholds
+    got = {r.rule: r for r in A.resource_readings(
+        {"object_store": 0.95, "node_cpu": 0.2, "node_memory": 0.5}, th, node="n1")}
+    assert got["object_store"].breached and not got["node_cpu"].breached
+    assert not got["node_memory"].breached and got["object_store"].subject == "n1"
+    from cluster.monitoring.usage import resource_usage
+    usage = resource_usage()          # psutil always; the object store only under Ray
+    assert 0.0 <= usage["node_cpu"] <= 1.0 and 0.0 < usage["node_memory"] < 1.0

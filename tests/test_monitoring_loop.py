@@ -144,3 +144,43 @@ def test_retrain_action_submits_the_train_job(loop):
     assert procs[0].wait(timeout=240) == 0
     versions = ModelRegistry.for_settings(settings).versions(result.registry_name)
     assert [v.version for v in versions][-1] == str(int(result.version) + 1)
+
+
+def test_ab_experiment_from_served_predictions(loop):
+    """Two arms of one rollout serving the same model: the analysis runs on the keys each
+    arm served and finds no difference."""
+    settings, bus, result, start, _ = loop
+    model_id = f"{result.registry_name}/{result.version}"
+    batch = P.read_predictions(settings.lake_dir, start=start)
+    batch = batch[batch["source"] == "batch"].drop_duplicates(["instrument", "date"])
+    keys = sorted(batch["instrument"].unique())
+    arm = {k: ("m-a/1" if i % 2 else "m-b/1") for i, k in enumerate(keys)}
+    rows = [(t.time.timestamp(), "r", k, model_id, k, str(t.date.date()), t.data_version,
+             t.output, 1.0, False, t.features_version, arm[k], "exp-1", 3, "served")
+            for t in batch.itertuples() for k in [t.instrument]]
+    P.append(settings.lake_dir, P.rows_table(rows))
+    from cluster.monitoring.abtest import experiment_analysis, experiments
+    assert [e["rollout_id"] for e in experiments(settings.lake_dir)] == ["exp-1"]
+    out = experiment_analysis(settings.lake_dir, "exp-1", reps=200)
+    assert out["arms"] == ["m-a/1", "m-b/1"] and out["days"] > 50
+    assert out["verdict"] == "no difference yet" and out["winner"] is None
+    assert out["bootstrap_ci"][0] < 0 < out["bootstrap_ci"][1]
+
+
+def test_follow_runs_again_on_data_synced(loop):
+    import threading
+
+    from cluster.events import DataSynced
+    from jobs.monitor import follow, parse_args
+    settings, bus, *_ = loop
+    args = parse_args(["--follow", "--poll", "0.1", "--max-runs", "2"])
+    mon = Monitor(settings, bus=bus, resources=False)
+    runs = []
+    real = mon.run
+    mon.run = lambda *a, **k: runs.append(1) or real(*a, **k)
+    timer = threading.Timer(0.5, lambda: bus.publish(DataSynced(
+        data_version=1, instruments=[], start=None, end=None)))
+    timer.start()
+    follow(mon, args, bus)
+    timer.join()
+    assert len(runs) == 2

@@ -11,7 +11,7 @@ reference sample (``cluster.monitoring.reference``):
 - the **two-sample Kolmogorov-Smirnov** statistic ``D`` and its p-value from
   SciPy's limiting distribution of ``D`` (``scipy.stats.kstwobign`` at ``D * sqrt(n*m/(n+m))``,
   the large-sample form of ``scipy.stats.ks_2samp``'s asymptotic method).
-  ``D`` is computed against the reference's pre-sorted values (two
+  ``D`` is computed against the reference's pre-sorted values (one
   ``searchsorted`` per feature, ties handled) instead of calling ``ks_2samp``, which re-sorts
   the reference on every call (~0.2 s for 158 features, measured);
 
@@ -81,6 +81,7 @@ class DriftReference:
         self.tail_q, self.tail_ratio = tail_q, tail_ratio
         self.tails = np.full((len(self.features), 2), np.nan)
         self.sorted: list[np.ndarray] = []
+        self.run_end: list[np.ndarray] = []
         self.edges: list[np.ndarray] = []
         self.shares: list[np.ndarray] = []
         qs = np.linspace(0, 1, bins + 1)[1:-1]
@@ -88,6 +89,10 @@ class DriftReference:
             col = x[:, j]
             col = np.sort(col[np.isfinite(col)])
             self.sorted.append(col)
+            # run_end[i]: one past the last index of the run of values equal to col[i],
+            # so a "right" search is the "left" one moved over the run (one search, not two)
+            change = np.flatnonzero(np.r_[col[1:] != col[:-1], True]) + 1
+            self.run_end.append(np.repeat(change, np.diff(np.r_[0, change])))
             if len(col):
                 self.tails[j] = np.quantile(col, [tail_q, 1 - tail_q])
             edges = np.unique(np.quantile(col, qs)) if len(col) else np.array([])
@@ -104,17 +109,19 @@ class DriftReference:
         psi, ks, p, n = (np.full(nf, np.nan), np.full(nf, np.nan), np.full(nf, np.nan),
                          np.zeros(nf, dtype=np.int64))
         tail = np.full(nf, np.nan)
-        xs_all = np.sort(x, axis=0)                 # NaN sort last
-        counts = np.isfinite(x).sum(axis=0)
+        # one contiguous row per feature (sorting along the rows of a C-ordered matrix's
+        # columns is strided and several times slower); NaN sort last
+        xs_all = np.sort(np.ascontiguousarray(x.T), axis=1)
+        counts = np.isfinite(xs_all).sum(axis=1)
         for j in range(nf):
             ref, k = self.sorted[j], int(counts[j])
             m = len(ref)
             n[j] = k
             if k == 0 or m == 0:
                 continue
-            xs = xs_all[:k, j]
-            xs = xs[np.isfinite(xs)]                # +-inf cannot be binned or ranked
-            k = len(xs)
+            row = xs_all[j]
+            lo = 0 if row[0] > -np.inf else int(np.searchsorted(row, -np.inf, side="right"))
+            xs = row[lo:lo + k]                     # the finite values (+-inf sort outside)
             if k == 0:
                 continue
             edges = self.edges[j]
@@ -130,8 +137,11 @@ class DriftReference:
             change = xs[1:] != xs[:-1]
             last = np.flatnonzero(np.r_[change, True])
             first = np.flatnonzero(np.r_[True, change])
-            up = np.abs((last + 1) / k - np.searchsorted(ref, xs[last], side="right") / m)
-            down = np.abs(first / k - np.searchsorted(ref, xs[first], side="left") / m)
+            left = np.searchsorted(ref, xs, side="left")
+            hit = ref[np.minimum(left, m - 1)] == xs
+            right = np.where(hit, self.run_end[j][np.minimum(left, m - 1)], left)
+            up = np.abs((last + 1) / k - right[last] / m)
+            down = np.abs(first / k - left[first] / m)
             ks[j] = max(up.max(), down.max())
         ok = np.isfinite(ks)
         m_all = np.array([len(r) for r in self.sorted])
