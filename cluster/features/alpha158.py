@@ -42,19 +42,20 @@ give 0.  Because nothing is carried over, a row's values depend only on the
 ``compute_alpha158_tail`` on (``LOOKBACK`` rows of history + new rows) gives
 exactly the values ``compute_alpha158`` gives for those rows on the full
 history.  Instruments are processed as contiguous row blocks of one flat
-array: no cross-instrument leakage, no padding, any number per call.
+array: no cross-instrument leakage, any number per call.  The rolling kernels
+are in ``alpha158_kernels``.
 """
 from __future__ import annotations
 
 from collections.abc import Mapping
 
-import numba as nb
 import numpy as np
 import pandas as pd
 
+from cluster.features import alpha158_kernels as kernels
 from cluster.features.label import LABEL_HORIZON, LABEL_NAME, label_expression
 
-WINDOWS = (5, 10, 20, 30, 60)
+WINDOWS = kernels.WINDOWS
 # The label's horizon is the setting qlib.label_horizon (see label.py).
 LABEL_EXPRESSION = label_expression()
 # Rows of earlier history a row needs: Ref($close, 60), and the 60-day windows of
@@ -141,7 +142,7 @@ _FIELDS, _NAMES = _feature_config()
 ALPHA158_NAMES: tuple[str, ...] = tuple(_NAMES)
 _OUT_NAMES = list(ALPHA158_NAMES) + [LABEL_NAME]
 _N_OUT = len(_OUT_NAMES)          # 159
-_ROLL0 = 13                       # first rolling column (ROC5)
+_ROLL0 = kernels.ROLL0            # first rolling column (ROC5)
 _LABEL_COL = _N_OUT - 1
 assert len(ALPHA158_NAMES) == 158 and ALPHA158_NAMES[0] == "KMID" \
     and ALPHA158_NAMES[-1] == "VSUMD60"
@@ -221,437 +222,6 @@ def reindex_with_rows(bars: pd.DataFrame, calendar) -> tuple[pd.DataFrame, np.nd
 
 
 # --------------------------------------------------------------------------- #
-# The rolling kernel
-# --------------------------------------------------------------------------- #
-
-_W = np.array(WINDOWS, dtype=np.int64)
-
-
-@nb.njit(inline="always")
-def _sorted_insert(arr, n, x):  # pragma: no cover - numba
-    """Insert ``x`` into the sorted ``arr[:n]`` (after equal values)."""
-    lo = 0
-    hi = n
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if arr[mid] <= x:
-            lo = mid + 1
-        else:
-            hi = mid
-    for p in range(n, lo, -1):
-        arr[p] = arr[p - 1]
-    arr[lo] = x
-
-
-@nb.njit(inline="always")
-def _sorted_remove(arr, n, x):  # pragma: no cover - numba
-    """Remove one value equal to ``x`` from the sorted ``arr[:n]`` (it holds one)."""
-    lo = 0
-    hi = n
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if arr[mid] < x:
-            lo = mid + 1
-        else:
-            hi = mid
-    for p in range(lo, n - 1):
-        arr[p] = arr[p + 1]
-
-
-@nb.njit(inline="always")
-def _slide_sorted(c, i, pre, srt, cnt):  # pragma: no cover - numba
-    """Move the sorted windows of non-NaN closes (one per WINDOWS entry) to end at
-    row ``i``: the row leaving each window out (if it was ever put in: rows from
-    ``pre``), row ``i`` in."""
-    x = np.float64(c[i])
-    for w in range(5):
-        jo = i - _W[w]
-        if jo >= pre:
-            xo = np.float64(c[jo])
-            if not np.isnan(xo):
-                _sorted_remove(srt[w], cnt[w], xo)
-                cnt[w] -= 1
-        if not np.isnan(x):
-            _sorted_insert(srt[w], cnt[w], x)
-            cnt[w] += 1
-
-
-@nb.njit(cache=True, nogil=True, error_model="numpy")
-def _rolling_kernel(c, h, l, vden, v, posc, negc, absc, gt, lt, lv, r1, lr, wv,
-                    posv, negv, absv, starts, ends, firsts, out):  # pragma: no cover - numba
-    """Rolling columns (all but ROC) of rows firsts[k]..ends[k]-1 of each block k.
-
-    Arrays are float32 per row (Qlib's stored/element-wise precision); every
-    window is accumulated in float64 from its own rows, newest first, so the
-    nested windows 5 <= 10 <= ... <= 60 share one pass. The quantiles read each
-    window's closes sorted: one sorted array per window, slid along the rows (a
-    value out, a value in) instead of sorting every window again.
-    """
-    W = _W
-    srt = np.empty((5, 64), dtype=np.float64)
-    cnt = np.zeros(5, dtype=np.int64)
-    nan = np.nan
-    r = 0
-    for k in range(starts.shape[0]):
-        s = starts[k]
-        # the sorted windows start empty at ``pre`` and are complete by firsts[k]
-        pre = max(s, firsts[k] - (W[4] - 1))
-        cnt[:] = 0
-        for i in range(pre, firsts[k]):
-            _slide_sorted(c, i, pre, srt, cnt)
-        for i in range(firsts[k], ends[k]):
-            _slide_sorted(c, i, pre, srt, cnt)
-            ci = np.float64(c[i])
-            ci_nan = np.isnan(ci)
-            vd = np.float64(vden[i])
-            # close: count, shifted sums, regression on u = i - j, rank, quantile
-            nc = 0
-            kc = 0.0
-            s1c = 0.0
-            s2c = 0.0
-            su = 0.0
-            suu = 0.0
-            suy = 0.0
-            nless = 0
-            nequal = 0
-            # high / low: max/min, argmax/argmin (first NaN wins, earliest tie)
-            nh = 0
-            maxh = -np.inf
-            rowh = -1
-            nanh = -1
-            nl = 0
-            minl = np.inf
-            rowl = -1
-            nanl = -1
-            # CORR pairs (close, log(volume+1)) and log-volume alone
-            n1 = 0
-            k1x = 0.0
-            k1y = 0.0
-            a1x = 0.0
-            a1y = 0.0
-            a1xx = 0.0
-            a1yy = 0.0
-            a1xy = 0.0
-            nlv = 0
-            klv = 0.0
-            s1lv = 0.0
-            s2lv = 0.0
-            # CORD pairs (close ratio, log volume ratio) and each alone
-            n2 = 0
-            k2x = 0.0
-            k2y = 0.0
-            a2x = 0.0
-            a2y = 0.0
-            a2xx = 0.0
-            a2yy = 0.0
-            a2xy = 0.0
-            nr1 = 0
-            kr1 = 0.0
-            s1r1 = 0.0
-            s2r1 = 0.0
-            nlr = 0
-            klr = 0.0
-            s1lr = 0.0
-            s2lr = 0.0
-            # up/down day counts
-            sgt = 0.0
-            slt = 0.0
-            # close change sums
-            npc = 0
-            spc = 0.0
-            nnc = 0
-            snc = 0.0
-            nac = 0
-            sac = 0.0
-            # volume
-            nv = 0
-            kv = 0.0
-            s1v = 0.0
-            s2v = 0.0
-            nw = 0
-            kw = 0.0
-            s1w = 0.0
-            s2w = 0.0
-            npv = 0
-            spv = 0.0
-            nnv = 0
-            snv = 0.0
-            nav = 0
-            sav = 0.0
-
-            j = i
-            for w in range(5):
-                d = W[w]
-                jlo = i - d + 1
-                if jlo < s:
-                    jlo = s
-                while j >= jlo:
-                    u = np.float64(i - j)
-                    x = np.float64(c[j])
-                    if not np.isnan(x):
-                        if nc == 0:
-                            kc = x
-                        dx = x - kc
-                        nc += 1
-                        s1c += dx
-                        s2c += dx * dx
-                        su += u
-                        suu += u * u
-                        suy += u * dx
-                        if not ci_nan:
-                            if x < ci:
-                                nless += 1
-                            elif x == ci:
-                                nequal += 1
-                    x = np.float64(h[j])
-                    if np.isnan(x):
-                        nanh = j
-                    else:
-                        nh += 1
-                        if x >= maxh:
-                            maxh = x
-                            rowh = j
-                    x = np.float64(l[j])
-                    if np.isnan(x):
-                        nanl = j
-                    else:
-                        nl += 1
-                        if x <= minl:
-                            minl = x
-                            rowl = j
-                    # CORR
-                    x = np.float64(c[j])
-                    y = np.float64(lv[j])
-                    if not np.isnan(y):
-                        if nlv == 0:
-                            klv = y
-                        dy = y - klv
-                        nlv += 1
-                        s1lv += dy
-                        s2lv += dy * dy
-                    if not (np.isnan(x) or np.isnan(y)):
-                        if n1 == 0:
-                            k1x = x
-                            k1y = y
-                        dx = x - k1x
-                        dy = y - k1y
-                        n1 += 1
-                        a1x += dx
-                        a1y += dy
-                        a1xx += dx * dx
-                        a1yy += dy * dy
-                        a1xy += dx * dy
-                    # CORD
-                    x = np.float64(r1[j])
-                    y = np.float64(lr[j])
-                    if not np.isnan(x):
-                        if nr1 == 0:
-                            kr1 = x
-                        dx = x - kr1
-                        nr1 += 1
-                        s1r1 += dx
-                        s2r1 += dx * dx
-                    if not np.isnan(y):
-                        if nlr == 0:
-                            klr = y
-                        dy = y - klr
-                        nlr += 1
-                        s1lr += dy
-                        s2lr += dy * dy
-                    if not (np.isnan(x) or np.isnan(y)):
-                        if n2 == 0:
-                            k2x = x
-                            k2y = y
-                        dx = x - k2x
-                        dy = y - k2y
-                        n2 += 1
-                        a2x += dx
-                        a2y += dy
-                        a2xx += dx * dx
-                        a2yy += dy * dy
-                        a2xy += dx * dy
-                    sgt += gt[j]
-                    slt += lt[j]
-                    x = np.float64(posc[j])
-                    if not np.isnan(x):
-                        npc += 1
-                        spc += x
-                    x = np.float64(negc[j])
-                    if not np.isnan(x):
-                        nnc += 1
-                        snc += x
-                    x = np.float64(absc[j])
-                    if not np.isnan(x):
-                        nac += 1
-                        sac += x
-                    x = np.float64(v[j])
-                    if not np.isnan(x):
-                        if nv == 0:
-                            kv = x
-                        dx = x - kv
-                        nv += 1
-                        s1v += dx
-                        s2v += dx * dx
-                    x = np.float64(wv[j])
-                    if not np.isnan(x):
-                        if nw == 0:
-                            kw = x
-                        dx = x - kw
-                        nw += 1
-                        s1w += dx
-                        s2w += dx * dx
-                    x = np.float64(posv[j])
-                    if not np.isnan(x):
-                        npv += 1
-                        spv += x
-                    x = np.float64(negv[j])
-                    if not np.isnan(x):
-                        nnv += 1
-                        snv += x
-                    x = np.float64(absv[j])
-                    if not np.isnan(x):
-                        nav += 1
-                        sav += x
-                    j -= 1
-
-                # ---- window w covers rows jlo..i ----
-                m = np.float64(i - jlo + 1)
-                fd = np.float64(d)
-                base = 13 + w  # + 5 * op
-                # MA, STD
-                mean_c = nan
-                std_c = nan
-                if nc > 0:
-                    mean_c = kc + s1c / nc
-                if nc > 1:
-                    var = (s2c - s1c * s1c / nc) / (nc - 1)
-                    std_c = np.sqrt(var) if var > 0.0 else 0.0
-                out[base + 5, r] = mean_c / ci
-                out[base + 10, r] = std_c / ci
-                # BETA, RSQR, RESI (x = slot position = d - u; slope_x = -slope_u)
-                fn = np.float64(nc)
-                num = fn * suy - su * s1c
-                den_u = fn * suu - su * su
-                slope_u = num / den_u
-                out[base + 15, r] = -slope_u / ci
-                rv = num / np.sqrt(den_u * (fn * s2c - s1c * s1c))
-                r2 = rv * rv
-                if std_c <= 2e-5:
-                    r2 = nan
-                out[base + 20, r] = r2
-                resi = nan
-                if nc > 0:
-                    resi = (ci - kc) - (s1c / fn - slope_u * (su / fn))
-                out[base + 25, r] = resi / ci
-                # MAX, MIN
-                mx = maxh if nh > 0 else nan
-                mn = minl if nl > 0 else nan
-                out[base + 30, r] = mx / ci
-                out[base + 35, r] = mn / ci
-                # QTLU, QTLD
-                if nc > 0:
-                    buf = srt[w]  # this window's nc closes, sorted
-                    for q, col in ((0.8, base + 40), (0.2, base + 45)):
-                        fidx = q * (nc - 1)
-                        lo = int(fidx)
-                        if fidx == lo:
-                            qv = buf[lo]
-                        else:
-                            qv = buf[lo] + (buf[lo + 1] - buf[lo]) * (fidx - lo)
-                        out[col, r] = qv / ci
-                else:
-                    out[base + 40, r] = nan
-                    out[base + 45, r] = nan
-                # RANK
-                if ci_nan or nc == 0:
-                    out[base + 50, r] = nan
-                else:
-                    out[base + 50, r] = (nless + (nequal + 1) / 2.0) / nc
-                # RSV
-                out[base + 55, r] = (ci - mn) / (mx - mn + 1e-12)
-                # IMAX, IMIN, IMXD
-                imax = nan
-                imin = nan
-                if nh > 0:
-                    pos = nanh if nanh >= 0 else rowh
-                    imax = np.float64(pos - jlo + 1)
-                if nl > 0:
-                    pos = nanl if nanl >= 0 else rowl
-                    imin = np.float64(pos - jlo + 1)
-                out[base + 60, r] = imax / fd
-                out[base + 65, r] = imin / fd
-                out[base + 70, r] = (imax - imin) / fd
-                # CORR, CORD
-                corr = nan
-                if n1 > 1:
-                    sd_x = std_c
-                    sd_y = nan
-                    if nlv > 1:
-                        var = (s2lv - s1lv * s1lv / nlv) / (nlv - 1)
-                        sd_y = np.sqrt(var) if var > 0.0 else 0.0
-                    if not (sd_x <= 2e-5 or sd_y <= 2e-5):
-                        cxy = a1xy - a1x * a1y / n1
-                        cxx = a1xx - a1x * a1x / n1
-                        cyy = a1yy - a1y * a1y / n1
-                        corr = cxy / np.sqrt(cxx * cyy)
-                out[base + 75, r] = corr
-                corr = nan
-                if n2 > 1:
-                    sd_x = nan
-                    sd_y = nan
-                    if nr1 > 1:
-                        var = (s2r1 - s1r1 * s1r1 / nr1) / (nr1 - 1)
-                        sd_x = np.sqrt(var) if var > 0.0 else 0.0
-                    if nlr > 1:
-                        var = (s2lr - s1lr * s1lr / nlr) / (nlr - 1)
-                        sd_y = np.sqrt(var) if var > 0.0 else 0.0
-                    if not (sd_x <= 2e-5 or sd_y <= 2e-5):
-                        cxy = a2xy - a2x * a2y / n2
-                        cxx = a2xx - a2x * a2x / n2
-                        cyy = a2yy - a2y * a2y / n2
-                        corr = cxy / np.sqrt(cxx * cyy)
-                out[base + 80, r] = corr
-                # CNTP, CNTN, CNTD
-                out[base + 85, r] = sgt / m
-                out[base + 90, r] = slt / m
-                out[base + 95, r] = sgt / m - slt / m
-                # SUMP, SUMN, SUMD
-                sp = spc if npc > 0 else nan
-                sn = snc if nnc > 0 else nan
-                sa = sac if nac > 0 else nan
-                out[base + 100, r] = sp / (sa + 1e-12)
-                out[base + 105, r] = sn / (sa + 1e-12)
-                out[base + 110, r] = (sp - sn) / (sa + 1e-12)
-                # VMA, VSTD
-                mean_v = nan
-                std_v = nan
-                if nv > 0:
-                    mean_v = kv + s1v / nv
-                if nv > 1:
-                    var = (s2v - s1v * s1v / nv) / (nv - 1)
-                    std_v = np.sqrt(var) if var > 0.0 else 0.0
-                out[base + 115, r] = mean_v / vd
-                out[base + 120, r] = std_v / vd
-                # WVMA
-                mean_w = nan
-                std_w = nan
-                if nw > 0:
-                    mean_w = kw + s1w / nw
-                if nw > 1:
-                    var = (s2w - s1w * s1w / nw) / (nw - 1)
-                    std_w = np.sqrt(var) if var > 0.0 else 0.0
-                out[base + 125, r] = std_w / (mean_w + 1e-12)
-                # VSUMP, VSUMN, VSUMD
-                sp = spv if npv > 0 else nan
-                sn = snv if nnv > 0 else nan
-                sa = sav if nav > 0 else nan
-                out[base + 130, r] = sp / (sa + 1e-12)
-                out[base + 135, r] = sn / (sa + 1e-12)
-                out[base + 140, r] = (sp - sn) / (sa + 1e-12)
-            r += 1
-
-
-# --------------------------------------------------------------------------- #
 # Driver
 # --------------------------------------------------------------------------- #
 
@@ -675,8 +245,10 @@ def _blocks(bars: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _f32(bars: pd.DataFrame, col: str) -> np.ndarray:
-    # Qlib's dump_bin stores every field as little-endian float32.
-    return bars[col].to_numpy(dtype=np.float32, na_value=np.nan)
+    # Qlib's dump_bin stores every field as little-endian float32. Writeable and
+    # contiguous, so that the kernels compile for one array type.
+    return np.require(bars[col].to_numpy(dtype=np.float32, na_value=np.nan),
+                      requirements=["C", "W"])
 
 
 def _shift1(a: np.ndarray, starts: np.ndarray) -> np.ndarray:
@@ -778,7 +350,7 @@ def _values(bars: pd.DataFrame, n_new, horizon: int = LABEL_HORIZON
             negv = np.maximum(vp - v, np.float32(0))
             absv = np.abs(dv)
             vden = v + np.float32(1e-12)
-            _rolling_kernel(c, h, l, vden, v, posc, negc, absc, gt, lt, lv, r1, lr, wv,
+            kernels.rolling(c, h, l, vden, v, posc, negc, absc, gt, lt, lv, r1, lr, wv,
                             posv, negv, absv, starts, ends, firsts.astype(np.int64), out)
 
     return out, sel
