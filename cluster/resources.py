@@ -49,6 +49,7 @@ JOB_TYPES: dict[str, dict] = {
     "monitor": {"module": "jobs.monitor", "priority": 4, "cpus": 0.5},
     "maintain": {"module": "jobs.maintain", "priority": 2, "cpus": 0.5},
 }
+SUBMIT_TRIES = 10
 WAITING = ("queued",)
 ACTIVE = ("submitting", "submitted", "running", "stopping")
 FINAL = ("succeeded", "failed", "stopped", "cancelled")
@@ -246,6 +247,7 @@ class JobQueue:
         self.clock = clock
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._tries: dict[str, int] = {}
 
     @classmethod
     def for_settings(cls, settings) -> "JobQueue":
@@ -350,11 +352,16 @@ class JobQueue:
             if self.runner.exists(job.id):          # a retry after a crash: already there
                 state, message = "submitted", ""
             else:
-                state, message = "failed", f"submission failed: {type(exc).__name__}: {exc}"
+                # e.g. the head's job agent not registered yet: back in the queue, a few times
+                tries = self._tries[job.id] = self._tries.get(job.id, 0) + 1
+                message = f"submission failed ({tries}x): {type(exc).__name__}: {exc}"
+                state = "failed" if tries >= SUBMIT_TRIES else "queued"
         with self.store.transaction() as db:
-            fields = {"state": state, "message": message}
+            fields = {"state": state, "message": message[:2000]}
             if state == "failed":
                 fields["ended_at"] = self.clock()
+            if state == "queued":
+                fields["started_at"] = None
             self.store.update(db, job.id, **fields)
 
     def _sync(self) -> None:
