@@ -121,8 +121,9 @@ def submit_process(argv: list[str], log: Path, env: dict | None = None) -> str:
 
 def follow(monitor: Monitor, args, bus) -> dict:
     """Run once now, then again after every data_synced event."""
+    after = bus.last_offset()        # before the first run: a sync during it is not missed
     summary = monitor.run(args.model, args.since)
-    after, runs = bus.last_offset(), 1
+    runs = 1
     while args.max_runs is None or runs < args.max_runs:
         events = bus.read(after, ["data_synced"])
         if events:

@@ -46,6 +46,15 @@ def loop(tmp_path_factory):
     return settings, bus, result, scored_from, pd.Timestamp(summary["regime_shift_day"])
 
 
+def ensure_scored(loop) -> None:
+    """Batch predictions for every day after validation (when an earlier test did not
+    write them already): the tests that read them run alone too."""
+    settings, bus, result, start, _ = loop
+    if P.read_predictions(settings.lake_dir, start=start, columns=["version"]).empty:
+        score(result.registry_name, result.version, start=start, settings=settings,
+              use_ray=False)
+
+
 def test_batch_scoring_on_ray_data_matches_one_process(loop, ray_session):
     settings, bus, result, start, _ = loop
     name, version = result.registry_name, result.version
@@ -90,6 +99,7 @@ def test_monitor_is_incremental_and_alerts_only_after_the_shift(loop):
 
 
 def test_served_on_a_date_traces_each_prediction(loop):
+    ensure_scored(loop)
     settings, bus, result, start, _ = loop
     day = pd.Timestamp(start) + pd.Timedelta(days=7)
     while day.weekday() >= 5:
@@ -149,6 +159,7 @@ def test_retrain_action_submits_the_train_job(loop):
 def test_ab_experiment_from_served_predictions(loop):
     """Two arms of one rollout serving the same model: the analysis runs on the keys each
     arm served and finds no difference."""
+    ensure_scored(loop)
     settings, bus, result, start, _ = loop
     model_id = f"{result.registry_name}/{result.version}"
     batch = P.read_predictions(settings.lake_dir, start=start)
