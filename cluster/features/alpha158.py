@@ -374,6 +374,13 @@ def alpha158_values(bars: pd.DataFrame, horizon: int = LABEL_HORIZON) -> np.ndar
     return _values(bars, None, horizon)[0]
 
 
+def alpha158_tail_values(bars_with_history: pd.DataFrame, n_new,
+                         horizon: int = LABEL_HORIZON) -> tuple[np.ndarray, np.ndarray]:
+    """``compute_alpha158_tail``'s values alone, and the positions of its rows in
+    ``bars_with_history``."""
+    return _values(bars_with_history, n_new, horizon)
+
+
 def compute_alpha158_tail(bars_with_history: pd.DataFrame, n_new,
                           horizon: int = LABEL_HORIZON) -> pd.DataFrame:
     """Alpha158 + LABEL0 for only the last ``n_new`` rows of each instrument.

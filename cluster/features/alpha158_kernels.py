@@ -95,33 +95,51 @@ def _quantiles(c, starts, ends, firsts, out):  # pragma: no cover - numba
     closes) of rows firsts[k]..ends[k]-1 of each block k."""
     srt = np.empty((5, 64), dtype=np.float64)
     cnt = np.zeros(5, dtype=np.int64)
+    hist = np.empty(64, dtype=np.float64)   # the look-back before firsts[k], sorted
+    hrow = np.empty(64, dtype=np.int64)     # and the row of each value
     nan = np.nan
     r = 0
     for k in range(starts.shape[0]):
-        # the sorted windows start empty at ``pre``, complete by firsts[k]
-        pre = max(starts[k], firsts[k] - PAD)
-        cnt[:] = 0
-        for i in range(pre, ends[k]):
+        f = firsts[k]
+        # the windows as of row f - 1, sorted once from its look-back (rows from lo)
+        lo = max(starts[k], f - _W[4])
+        nh = 0
+        for j in range(lo, f):
+            x = np.float64(c[j])
+            if x == x:
+                p = nh
+                while p > 0 and hist[p - 1] > x:
+                    hist[p] = hist[p - 1]
+                    hrow[p] = hrow[p - 1]
+                    p -= 1
+                hist[p] = x
+                hrow[p] = j
+                nh += 1
+        for w in range(5):
+            n = 0
+            for j in range(nh):
+                if hrow[j] >= f - _W[w]:
+                    srt[w, n] = hist[j]
+                    n += 1
+            cnt[w] = n
+        for i in range(f, ends[k]):
             x = np.float64(c[i])
             for w in range(5):
                 jo = i - _W[w]
-                xo = np.float64(c[jo]) if jo >= pre else nan
+                xo = np.float64(c[jo]) if jo >= lo else nan
                 cnt[w] = _slide(srt[w], cnt[w], xo, x)
-            if i < firsts[k]:
-                continue
-            ci = np.float64(c[i])
             for w in range(5):
                 nc = cnt[w]
                 buf = srt[w]
                 for q, col in ((0.8, ROLL0 + w + 40), (0.2, ROLL0 + w + 45)):
                     if nc > 0:
                         fidx = q * (nc - 1)
-                        lo = int(fidx)
-                        if fidx == lo:
-                            qv = buf[lo]
+                        lo_ = int(fidx)
+                        if fidx == lo_:
+                            qv = buf[lo_]
                         else:
-                            qv = buf[lo] + (buf[lo + 1] - buf[lo]) * (fidx - lo)
-                        out[col, r] = qv / ci
+                            qv = buf[lo_] + (buf[lo_ + 1] - buf[lo_]) * (fidx - lo_)
+                        out[col, r] = qv / x
                     else:
                         out[col, r] = nan
             r += 1

@@ -19,6 +19,7 @@ from cluster.features.indicators.frames import (
     compute_indicators,
     compute_indicators_with_state,
     indicator_values,
+    update_indicator_values,
     update_indicators,
 )
 from cluster.features.indicators.spec import (
@@ -49,5 +50,6 @@ __all__ = [
     "indicator_warmup",
     "state_fields",
     "tail_layout",
+    "update_indicator_values",
     "update_indicators",
 ]

@@ -164,6 +164,16 @@ def indicator_values(bars: pd.DataFrame, params: IndicatorParams | None = None
     return out, states
 
 
+def update_indicator_values(states: IndicatorStates | None, new_bars: pd.DataFrame,
+                            params: IndicatorParams | None = None
+                            ) -> tuple[np.ndarray, np.ndarray | None, IndicatorStates]:
+    """``update_indicators``'s values alone: (one float64 row per column, one column
+    per computed row; the positions of those rows in ``new_bars``, None: all of
+    them; the new states)."""
+    _, out, rows, new_states = _update(states, _read_bars(new_bars), params)
+    return out, rows, new_states
+
+
 def _update(states: IndicatorStates | None, b: _Bars, params: IndicatorParams | None):
     """(bars, values of the computed rows, their positions in ``b`` (None: all),
     the new states)."""
