@@ -70,3 +70,29 @@ def test_a_relative_home_is_refused_in_a_submitted_job(monkeypatch):
     check_home_for_job(load_settings(home="/shared/mlops"))
     with pytest.raises(ConfigError, match="absolute path on storage every node sees"):
         check_home_for_job(load_settings(home=".mlops"))
+
+
+def test_ray_cluster_yaml_is_a_launcher_config_with_what_every_node_needs():
+    """``ray up ray_cluster.yaml``: Ray's own validator accepts it; head and worker node
+    types; the project installed from pyproject + constraints on every node; the shared
+    MLOPS_HOME and the PostgreSQL registry in every node's environment; the Serve
+    variables of serving/ray_env.py on every ``ray start``; Serve from its config file."""
+    import copy
+
+    import yaml
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    from serving.ray_env import serve_env
+    from tests.conftest import ROOT
+    config = yaml.safe_load((ROOT / "ray_cluster.yaml").read_text())
+    validate_config(prepare_config(copy.deepcopy(config)))
+    assert set(config["available_node_types"]) == {"head", "worker"}
+    setup = " ".join(config["setup_commands"])
+    assert "dev.py setup" in setup and "MLOPS_HOME=/mnt/mlops" in setup
+    assert "MLOPS_TRACKING_URI=postgresql" in setup
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        start = " ".join(config[key])
+        assert all(f"{name}=" in start for name in serve_env()), key
+    assert "serve deploy serving/serve_config.yaml" in " ".join(config["head_start_ray_commands"])
+    text = (ROOT / "pyproject.toml").read_text()
+    assert "psycopg2-binary" in text
