@@ -104,13 +104,20 @@ class PrivateCluster:
         gcs_port, dash_port = free_port(), free_port()
         self = cls(temp, full_env, f"127.0.0.1:{gcs_port}", f"http://127.0.0.1:{dash_port}")
         try:
-            self._spawn("head", head_cpus, ["--head", f"--port={gcs_port}",
-                                            f"--dashboard-port={dash_port}",
-                                            "--include-dashboard=true",
-                                            "--dashboard-host=127.0.0.1",
-                                            f"--ray-client-server-port={free_port()}"],
-                        node_temp_dirs)
-            self._wait_for_dashboard()
+            for attempt in range(3):    # a loaded machine can miss the raylet's 30 s window
+                head = self._spawn("head", head_cpus, [
+                    "--head", f"--port={gcs_port}", f"--dashboard-port={dash_port}",
+                    "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+                    f"--ray-client-server-port={free_port()}"], node_temp_dirs)
+                try:
+                    self._wait_for_dashboard()
+                    break
+                except RuntimeError:
+                    if head.proc.poll() is None or attempt == 2:
+                        raise
+                    head.kill()
+                    head.log.close()
+                    del self.nodes["head"]
             for label, cpus in (workers or {}).items():
                 self.add_worker(label, cpus, node_temp_dirs)
         except BaseException:
