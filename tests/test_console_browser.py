@@ -18,7 +18,7 @@ pytest.importorskip("playwright.sync_api", reason="playwright is not installed (
 
 from serving.console import MENU  # noqa: E402
 from tests.console_support import (SCREENSHOTS, ConsoleServer, auth, chromium_browser,  # noqa: E402
-                                   find_chromium, open_tab, run_pipeline, tokens_env, TOKENS)
+                                   build_demo, find_chromium, open_tab, tokens_env, TOKENS)
 
 
 @pytest.fixture(scope="module")
@@ -38,14 +38,13 @@ def console(chromium, tmp_path_factory):
         mp.setenv("MLOPS_HOME", str(home))
         mp.delenv("MLOPS_CONFIG", raising=False)
         mp.setenv("MLOPS_API_TOKENS", tokens_env())
+        # the job queue talks to this module's own Ray only (never a dashboard found on
+        # the machine's default port)
+        mp.setenv("MLOPS_QUEUE__DASHBOARD_ADDRESS", "http://127.0.0.1:9")
         reset_settings()
-        summary = run_pipeline()
-        settings = get_settings()
-        model_id = f"{summary['train']['registry_name']}/{summary['train']['version']}"
-        with ConsoleServer(settings) as server:
-            server.deploy(model_id)
-            server.wait_state(("promoted",))
-            server.summary, server.model_id = summary, model_id
+        with ConsoleServer(get_settings()) as server:
+            server.demo = build_demo(server)
+            server.model_id = server.demo.incumbent
             yield server
     reset_settings()
 
@@ -69,9 +68,14 @@ def tab(browser, console):
         t.close()
 
 
-def shot(page, name: str) -> None:
+def shot(page, name: str, element: str | None = None) -> None:
+    """A page (whole) or one element of it, e.g. an open modal, as a test artefact."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+    path = str(SCREENSHOTS / f"{name}.png")
+    if element:
+        page.locator(element).screenshot(path=path)
+    else:
+        page.screenshot(path=path, full_page=True)
 
 
 def api_get(console, path, role="viewer"):
@@ -120,11 +124,161 @@ def test_every_page_loads_with_real_numbers_and_no_console_error(tab, console):
 def _dashboard(page, console):
     status = api_get(console, "/api/deployments")["deployments"][0]
     summary = page.inner_text("#deployment-summary")
-    assert console.model_id in summary and status["state"] in summary
+    assert console.model_id in summary and console.demo.candidate in summary
     for version, share in status["split"].items():
-        assert f"{100 * share:.1f}%" in summary
+        assert page.inner_text(f'[data-split="{version}"]').endswith(f"{100 * share:.1f}%")
     assert page.locator("#split-chart .main-svg").count() > 0
     assert "promoted" in page.inner_text("#deployment-history")
+    assert "jobs waiting" in page.inner_text("#dash-cluster")
+    hours = api_get(console, "/api/monitoring/predictions?hours=24")["rows"]
+    assert page.inner_text('[data-kpi="predictions"] .value') == f"{sum(r['count'] for r in hours):,}"
+    active = api_get(console, "/api/monitoring/alerts?state=raised")["alerts"]
+    assert page.inner_text('[data-kpi="alerts"] .value') == str(len(active))
 
 
-CHECKS = {"dashboard": _dashboard}
+def _models(page, console):
+    models = {m["model_id"]: m for m in api_get(console, "/api/models")["models"]}
+    listed = page.inner_text("#model-list")
+    for model_id in (console.demo.incumbent, console.demo.candidate):
+        assert model_id in listed
+        assert f"{models[model_id]['metrics']['test_rank_ic']:.4f}" in listed
+    # the training form: every default of the chosen type with its meaning
+    types = {t["model_type"]: t for t in api_get(console, "/api/model-types")["model_types"]}
+    assert page.locator("#train-type option").count() == len(types) == 10
+    for p in types[page.input_value("#train-type")]["parameters"]:
+        assert page.input_value(f'[data-param="{p["name"]}"]') == (
+            str(p["default"]).lower() if p["type"] == "boolean" else str(p["default"]))
+        assert p["meaning"] in page.inner_text("#train-params")
+
+
+def _plot(page, div: str) -> list[dict]:
+    """The traces Plotly drew in ``div`` (their names, x and y as the page holds them)."""
+    return page.evaluate(f"""() => (document.getElementById({div!r}).data || []).map(t => (
+        {{name: t.name, type: t.type, x: t.x, y: t.y, z: t.z, close: t.close}}))""")
+
+
+def _features(page, console):
+    catalog = api_get(console, "/api/features")
+    assert page.locator("#feature-stock option").count() == len(catalog["instruments"])
+    stock = page.input_value("#feature-stock")
+    data = api_get(console, f"/api/features/{stock}")
+    assert f"{stock}: {data['rows']} days" in page.inner_text("#price-note")
+    price = {t["name"]: t for t in _plot(page, "price-chart")}
+    assert price["price"]["type"] == "candlestick"
+    assert price["price"]["close"] == [b["close"] for b in data["bars"]]
+    assert price["sma_5"]["y"] == [r["sma_5"] for r in data["records"]]
+    assert {"bb_upper", "bb_lower"} <= set(price)
+    assert {t["name"] for t in _plot(page, "oscillator-chart")} >= {"rsi_14", "stoch_k"}
+    alpha = _plot(page, "alpha-heatmap")[0]
+    assert len(alpha["z"]) == sum(f["source"] == "alpha158" for f in catalog["features"]) == 158
+    assert catalog["feature_set"] in page.inner_text("#feature-set-id")
+    assert page.locator("#catalog tbody tr").count() == len(catalog["features"])
+
+
+def _monitoring(page, console):
+    model = page.input_value("#monitor-model")
+    assert model == console.demo.incumbent
+    rows = [r for r in api_get(console, f"/api/monitoring/models/{model}/metrics")["rows"]
+            if r["kind"] == "live"]
+    assert page.inner_text('[data-kpi="days"] .value') == str(len(rows))
+    rolling = {t["name"]: t for t in _plot(page, "ic-chart")}["rolling 20"]
+    assert rolling["y"] == [r["rank_ic_20"] for r in rows]
+    drift = api_get(console, f"/api/monitoring/drift/{model}")["rows"]
+    heat = _plot(page, "drift-heatmap")[0]
+    assert len(heat["x"]) == len({r["date"] for r in drift})
+    alerts = api_get(console, "/api/monitoring/alerts")["alerts"]
+    raised = [a for a in console.demo.summary["monitor"]["alerts"] if a["rule"] == "drift_score"]
+    assert raised and alerts
+    shown = page.inner_text("#alerts")
+    for a in alerts:
+        assert page.locator(f'#alerts [data-alert="{a["alert_id"]}"]').count() == 1
+    assert "drift_score" in shown
+
+
+def _experiments(page, console):
+    exps = api_get(console, "/api/experiments")["experiments"]
+    assert len(exps) == 1 and set(exps[0]["arms"]) == {console.demo.incumbent,
+                                                       console.demo.candidate}
+    rid = exps[0]["rollout_id"]
+    assert page.inner_text("#ab-selected") == rid
+    analysis = api_get(console, f"/api/experiments/{rid}")
+    assert page.inner_text('[data-kpi="verdict"] .value') == analysis["verdict"]
+    assert page.inner_text('[data-kpi="days"] .value') == str(analysis["days"])
+    arms = _plot(page, "ab-arms-chart")[0]
+    assert arms["y"] == [analysis["mean_rank_ic"][a] for a in analysis["arms"]]
+    live = page.inner_text("#ab-live")
+    assert "50.0%" in live and console.demo.candidate in live
+
+
+def _explain(page, console):
+    model = page.input_value("#explain-model")
+    g = api_get(console, f"/api/explain/{model}")
+    bars = _plot(page, "global-chart")[0]
+    assert list(reversed(bars["y"])) == list(g["importance"])[:len(bars["y"])]
+    assert set(_plot(page, "groups-chart")[0]["y"]) == set(g["groups"])
+    water = _plot(page, "local-waterfall")[0]
+    assert water["type"] == "waterfall" and water["x"][-1] == "prediction"
+    pred = float(page.inner_text('[data-kpi="prediction"] .value'))
+    total = float(page.inner_text('[data-kpi="sum"] .value'))
+    assert abs(pred - total) < 1e-3 and abs(water["y"][-1] - pred) < 1e-3
+
+
+def _data(page, console):
+    versions = api_get(console, "/api/data/versions")["versions"]
+    assert len(versions) == 2
+    listed = page.inner_text("#versions")
+    for v in versions:
+        assert f"{v['rows']:,}" in listed and v["source"] in listed
+    assert page.inner_text("#version-id") == str(versions[-1]["version"])
+    diff = api_get(console, f"/api/data/diff?a={versions[0]['version']}&b={versions[1]['version']}")
+    shown = page.inner_text("#diff")
+    assert f"{diff['rows_added']:,}" in shown and f"{diff['rows_restated']:,}" in shown
+    day = console.demo.ab_days[-1]          # a day the A/B test served
+    page.fill("#served-date", day)
+    page.click("#served-form button")
+    page.wait_for_function(f"document.querySelector('#served-summary').textContent.includes({day!r})")
+    served = api_get(console, f"/api/served?date={day}")
+    assert served["predictions"] > 0
+    page.wait_for_function(f"document.querySelectorAll('#served tbody tr').length === "
+                           f"{len(served['rows'])}")
+    assert set(served["versions"]) <= set(page.inner_text("#served").split())
+    page.click(f'[data-version="{versions[0]["version"]}"]')
+    page.wait_for_function("document.querySelector('#version-id').textContent === '0'")
+    page.wait_for_selector(f'#version-models :text("{console.demo.incumbent}")')
+
+
+CHECKS = {"dashboard": _dashboard, "features": _features, "models": _models,
+          "monitoring": _monitoring, "experiments": _experiments, "data": _data,
+          "explain": _explain}
+
+
+def test_compare_two_models_and_open_and_download_a_training_report(tab, console):
+    import json
+    t = tab("viewer")
+    page = t.open("/models")
+    a, b = console.demo.incumbent, console.demo.candidate
+    page.check(f'[data-compare="{a}"]')
+    page.check(f'[data-compare="{b}"]')
+    page.click("#compare-button")
+    page.wait_for_selector("#compare-importance .main-svg")
+    compared = api_get(console, f"/api/models/compare?ids={a},{b}")
+    table = page.inner_text("#compare-metrics")
+    for v in compared["versions"]:
+        assert f"{v['metrics']['test_rank_ic']:.4f}" in table
+    assert compared["best"]["test_rank_ic"] in table
+    shot(page, "models-compare")
+
+    page.click(f'[data-report="{a}"]')
+    page.wait_for_selector("#training-report[open] #report-importance .main-svg")
+    report = api_get(console, f"/api/models/{a}/training-report")
+    fields = page.inner_text("#report-fields")
+    assert report["run_id"] in fields and report["model_type"] in fields
+    params = page.inner_text("#report-params")
+    for key, value in report["hyper_parameters"].items():
+        assert key in params
+    assert page.locator("#report-history-loss .main-svg").count() > 0
+    shot(page, "training-report", "#training-report")
+    with page.expect_download() as download:
+        page.click("#report-download")
+    assert json.loads(open(download.value.path()).read()) == report
+    assert not t.errors, t.errors

@@ -28,9 +28,14 @@ class Page:
     charts: bool = True          # loads Plotly.js
 
 
-# The navigation, in the order of the page list (pages join as their API
-# routes land: features, models, monitoring, A/B experiments, data versions, explain).
-MENU = [Page("dashboard", "/", "Dashboard")]
+# The navigation, in the order of the page list.
+MENU = [Page("dashboard", "/", "Dashboard"),
+        Page("features", "/features", "Features"),
+        Page("models", "/models", "Models"),
+        Page("monitoring", "/monitoring", "Monitoring"),
+        Page("experiments", "/experiments", "A/B experiments"),
+        Page("data", "/data", "Data versions"),
+        Page("explain", "/explain", "Explain")]
 
 
 def mount_console(app: FastAPI, auth) -> None:

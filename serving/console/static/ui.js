@@ -82,3 +82,8 @@ export function modal(id) {
     close() { if (dialog.open) dialog.close(); },
   };
 }
+
+export function kpi(label, value, key) {
+  return el("div", { class: "kpi", dataset: { kpi: key || label } },
+            el("div", { class: "value" }, fmt(value, 3)), el("div", { class: "label" }, label));
+}
