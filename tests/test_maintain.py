@@ -103,7 +103,7 @@ def test_property1_incremental_equals_full_across_maintenance(scenario):
                 bars.commit(state[hit], "restatement")
             else:
                 before = FeaturesTable(settings.lake_dir).read()
-                maintain(settings, steps=op[1])
+                maintain(settings, ["bars", "features"], op[1])
                 after = FeaturesTable(settings.lake_dir).read()
                 pd.testing.assert_frame_equal(before, after)
                 assert pipe.run(incremental=True, use_ray=False)["computed_rows"] == 0

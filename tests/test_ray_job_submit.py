@@ -8,12 +8,16 @@ from tests.ray_cluster import free_port
 from tests.test_serving_support import TOKENS, row_body, serving_home  # noqa: F401 (fixture)
 
 
-def test_ingest_runs_under_ray_job_submit(private_cluster, tmp_path):
+def test_ingest_and_maintain_run_under_ray_job_submit(private_cluster, tmp_path):
     home = tmp_path / "home"
     summary = private_cluster.submit(home, "jobs.ingest", "--source", "synthetic",
                                      "--stocks", "3", "--days", "12")
     assert summary["data_version"] == 0 and summary["rows_added"] == 36
     assert (home / "lake" / "bars" / "_delta_log").is_dir()
+    # the daily maintenance job too, on the same lake
+    maintained = private_cluster.submit(home, "jobs.maintain", "--compact", "--checkpoint")
+    assert maintained["errors"] == {} and maintained["steps"] == ["compact", "checkpoint"]
+    assert maintained["tables"]["bars"]["files_after"] == 1
 
 
 def test_deploy_runs_under_ray_job_submit(private_cluster, serving_home):

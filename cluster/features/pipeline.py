@@ -85,8 +85,9 @@ class FeaturePipeline:
         raise LakeError(f"features: other runs of feature set {self.fs.id} kept committing "
                         f"first ({RUN_ATTEMPTS} tries); run again")
 
-    def _valid(self, version: int | None) -> bool:
-        return version is not None and self.features.unchanged_since(version, self.fs.id)
+    def _valid(self, version: int | None, latest: int | None = None) -> bool:
+        return version is not None and self.features.unchanged_since(version, self.fs.id,
+                                                                     latest)
 
     def _await_cache(self, timeout: float) -> None:
         """After a lost race: wait until the winner's factor cache is saved."""
@@ -106,7 +107,8 @@ class FeaturePipeline:
         version = bars.data_version()
         progress(0.0, "planning")
         base = self.features.open()  # the features table this run plans on
-        snap = self.cache.load(self.fs.id, self._valid) if base is not None else None
+        snap = self.cache.load(self.fs.id, lambda v: self._valid(v, base.version())) \
+            if base is not None else None
         plan, snap = self._plan(snap, version, incremental, instruments)
         computed_rows = 0
         features_version = base.version() if base is not None else None

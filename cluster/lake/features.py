@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 from deltalake import DeltaTable
 
+from cluster.errors import LakeError
 from cluster.lake import tables
 from cluster.lake.registry import spec_for
 
@@ -59,7 +60,10 @@ class FeaturesTable:
         return tables.open_table(self.path).version() if self.exists() else None
 
     def open(self) -> DeltaTable | None:
-        return tables.open_table(self.path) if self.exists() else None
+        try:
+            return tables.open_table(self.path)
+        except LakeError:
+            return None
 
     def last_meta(self, feature_set: str | None = None, before: int | None = None) -> dict:
         """Metadata of the newest feature commit (of ``feature_set`` when given) at or
@@ -87,10 +91,12 @@ class FeaturesTable:
             actions["max.feature_set"].to_pylist())
         return sorted(names - {None})
 
-    def unchanged_since(self, version: int, feature_set: str) -> bool:
-        """True when no commit after ``version`` changed ``feature_set``'s rows: every
-        later commit is maintenance (no data change) or another feature set's."""
-        latest = self.version()
+    def unchanged_since(self, version: int, feature_set: str,
+                        latest: int | None = None) -> bool:
+        """True when no commit after ``version`` (up to ``latest``, default the
+        newest) changed ``feature_set``'s rows: every later commit is maintenance (no
+        data change) or another feature set's."""
+        latest = self.version() if latest is None else latest
         if latest is None or version > latest:
             return False
         for v in range(version + 1, latest + 1):

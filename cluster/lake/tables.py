@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from deltalake import CommitProperties, DeltaTable, PostCommitHookProperties, Schema
-from deltalake.exceptions import CommitFailedError
+from deltalake.exceptions import CommitFailedError, TableNotFoundError
 from deltalake.transaction import (AddAction, RemoveAction, Transaction,
                                    create_table_with_add_actions)
 
@@ -50,14 +50,20 @@ def exists(path: Path) -> bool:
 
 
 def open_table(path: Path, version: int | None = None) -> DeltaTable:
-    if not exists(path):
-        raise LakeError(f"no Delta table at {path} (nothing ingested yet?)")
+    """The table at ``version`` (latest when None), its log read once."""
+    try:
+        if version is None or version >= 0:
+            return DeltaTable(str(path), version=version)
+    except TableNotFoundError:
+        raise LakeError(f"no Delta table at {path} (nothing ingested yet?)") from None
+    except Exception:
+        if not exists(path):
+            raise LakeError(f"no Delta table at {path} (nothing ingested yet?)") from None
+    latest = DeltaTable(str(path)).version()
+    if version < 0 or version > latest:
+        raise LakeError(f"{Path(path).name} has no version {version} (versions 0..{latest})")
     dt = DeltaTable(str(path))
-    if version is not None:
-        latest = dt.version()
-        if version < 0 or version > latest:
-            raise LakeError(f"{path.name} has no version {version} (versions 0..{latest})")
-        dt.load_as_version(version)
+    dt.load_as_version(version)
     return dt
 
 
