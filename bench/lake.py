@@ -89,14 +89,14 @@ class Lake:
                                      "errors": out["errors"]})
 
     def probe(self, instrument: str) -> dict:
-        """One-instrument read, table opens, and snapshot sizes (medians of 3)."""
+        """One-instrument read, table opens, and snapshot sizes (medians of 7)."""
         from deltalake import DeltaTable
 
         from cluster.lake import tables
         from cluster.lake.bars import BarsTable
         out = {}
         reads = []
-        for _ in range(3):
+        for _ in range(7):
             t0 = time.perf_counter()
             frame = BarsTable(self.settings.lake_dir).read(instruments=[instrument])
             reads.append(time.perf_counter() - t0)
@@ -105,7 +105,7 @@ class Lake:
         for name in TABLES:
             path = tables.table_path(self.settings.lake_dir, name)
             opens = []
-            for _ in range(3):
+            for _ in range(7):
                 t0 = time.perf_counter()
                 dt = DeltaTable(str(path))
                 opens.append(time.perf_counter() - t0)

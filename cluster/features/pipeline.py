@@ -343,9 +343,14 @@ def _merge_into(snap: CacheSnapshot, *parts: Computed) -> None:
     snap.meta = pd.concat(metas + [p.meta for p in parts]).sort_index()
     tails = [p.tail for p in parts]
     if len(snap.tail) and "instrument" in snap.tail:
-        tails.insert(0, snap.tail[~snap.tail["instrument"].isin(names)])
-    snap.tail = pd.concat(tails, ignore_index=True).sort_values(
-        ["instrument", "date"], kind="stable").reset_index(drop=True)
+        kept = snap.tail[~snap.tail["instrument"].isin(names)]
+        if len(kept):
+            tails.insert(0, kept)
+    if len(tails) == 1:  # a daily update of every instrument: its tail is in key order
+        snap.tail = tails[0].reset_index(drop=True)
+    else:
+        snap.tail = pd.concat(tails, ignore_index=True).sort_values(
+            ["instrument", "date"], kind="stable").reset_index(drop=True)
     snap.states = snap.states.merge(*(p.states for p in parts))
 
 

@@ -279,6 +279,8 @@ def commit_files(path: Path, base: DeltaTable | None, files: list[dict], schema:
         if base is None and exists(path):
             raise WriteConflict(f"{Path(path).name}: created concurrently ({exc})") from exc
         raise
+    if exact:  # it landed at exactly the next version; the caller's handle stays as read
+        return base.version() + 1
     base.update_incremental()
     return base.version()
 
