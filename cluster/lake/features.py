@@ -117,7 +117,9 @@ class FeaturesTable:
         return tables.write_data_file(
             self.path, table, name, row_group_rows=self.spec.row_group_rows,
             stats_columns=STATS_COLUMNS, compression=PARQUET_COMPRESSION,
-            dictionary=[c for c in DICTIONARY_COLUMNS if c in table.column_names])
+            dictionary=[c for c in DICTIONARY_COLUMNS if c in table.column_names],
+            # ~180 float columns nobody prunes on: their min/max cost ~14% of the write
+            row_group_stats=list(STATS_COLUMNS))
 
     def commit_files(self, files: list[dict], schema: pa.Schema, meta: dict,
                      replace: bool = False, base: DeltaTable | None = None) -> int:

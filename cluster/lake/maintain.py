@@ -246,7 +246,9 @@ class TableMaintenance:
         return [tables.write_data_file(self.path, table.slice(i, step), tables.data_file_name(),
                                        row_group_rows=self.spec.row_group_rows,
                                        stats_columns=self.spec.stats_columns,
-                                       compression=self.spec.compression, dictionary=dictionary)
+                                       compression=self.spec.compression, dictionary=dictionary,
+                                       row_group_stats=list(self.spec.stats_columns)
+                                       if self.spec.narrow_stats else True)
                 for i in range(0, table.num_rows, step)]
 
     def compact(self) -> dict:

@@ -202,14 +202,19 @@ def data_file_name(prefix: str = "part") -> str:
 
 def write_data_file(root: Path, table: pa.Table, name: str, *, row_group_rows: int,
                     stats_columns: tuple[str, ...], compression: str = "zstd",
-                    dictionary: list[str] | bool = True) -> dict:
+                    dictionary: list[str] | bool = True,
+                    row_group_stats: list[str] | bool = True) -> dict:
     """Write ``table`` as one data file of the table at ``root``, not committed yet
     (readers see it once a commit lists it). Returns the add action as a dict: small,
-    so it can travel from a worker to the committing driver."""
+    so it can travel from a worker to the committing driver. ``row_group_stats``: the
+    columns whose row-group min/max the file records (all by default; a wide table
+    names the ones readers prune on)."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
+    if isinstance(row_group_stats, (list, tuple)):
+        row_group_stats = [c for c in row_group_stats if c in table.column_names]
     pq.write_table(table, root / name, row_group_size=row_group_rows, compression=compression,
-                   use_dictionary=dictionary, write_statistics=True)
+                   use_dictionary=dictionary, write_statistics=row_group_stats)
     return {"path": name, "size": (root / name).stat().st_size,
             "modification_time": int(time.time() * 1000),
             "stats": json.dumps(file_stats(table, stats_columns))}
