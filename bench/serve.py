@@ -229,7 +229,7 @@ def main() -> None:
     serve.start(http_options={"host": "127.0.0.1", "port": serve_port})
     serve.run(build_app(num_replicas=args.replicas), name=APP_NAME, route_prefix="/")
     control = ActorControl(control_actor())
-    control.call_sync("deploy", v1, "blue_green", None, None, 0.0, {}, "bench")
+    control.call_sync("deploy", v1, "blue_green", None, None, 0.0, {}, "bench", token=OPERATOR)
     wait_state(control, ("promoted",))
     wait_http(serve_port, "/readyz")
     try:
@@ -249,12 +249,12 @@ def main() -> None:
             rows["b"].append(load(serve_port, body, args.seconds, args.connections))
             # A live canary: 10% to the new version, held far beyond the measurement.
             control.call_sync("deploy", v2, "canary", None, [10, 100], 3600.0,
-                              {"min_requests": 10**9}, "bench")
+                              {"min_requests": 10**9}, "bench", token=OPERATOR)
             wait_state(control, ("canary",))
             # every replica has picked the split up (each syncs every sync_interval_s)
             time.sleep(2 * get_settings().serving.sync_interval_s)
             rows["c"].append(load(serve_port, body, args.seconds, args.connections))
-            control.call_sync("rollback", "bench", "bench round over")
+            control.call_sync("rollback", "bench", "bench round over", token=OPERATOR)
     finally:
         if args.address:        # leave a cluster we did not start as we found it
             serve.delete(APP_NAME)
