@@ -135,5 +135,6 @@ def _score_on_ray(rows: pd.DataFrame, settings: Settings, name: str, version: st
                                "version": version, "feature_set": feature_set},
         num_cpus=1)
     out = scored.to_pandas()
-    out["date"] = pd.to_datetime(out["date"])
+    # Ray Data hands dates back as datetime64[us]; the rest of the code uses [ns]
+    out["date"] = pd.to_datetime(out["date"]).astype("datetime64[ns]")
     return out

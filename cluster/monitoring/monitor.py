@@ -94,6 +94,12 @@ class Monitor:
         transitions = self._alert(rows, history)
         dispatched = A.AlertDispatcher(self.lake, self.settings.monitoring, self.bus,
                                        self.actions).dispatch(transitions)
+        if history.empty and rows.empty and meta.get("pending_from"):
+            # nothing new: report each version's latest figures (the last 120 days read)
+            recent = (pd.Timestamp(meta["pending_from"]) - pd.Timedelta(days=HISTORY_DAYS))
+            history = self.monitoring.read([("date", ">=", recent.date())])
+            if model:
+                history = history[history["model"] == model]
         summary = self._summary(rows, history, dispatched, start, started)
         try:
             from cluster.monitoring.raymetrics import export_run
