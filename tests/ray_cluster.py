@@ -100,6 +100,8 @@ class PrivateCluster:
         # `ray start` would turn it on and our clients be refused.
         full_env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", PATH=path,
                         RAY_AUTH_MODE="disabled", **(env or {}))
+        # a loaded machine: give a new raylet longer than Ray's 30 s to register
+        full_env.setdefault("RAY_raylet_start_wait_time_s", "120")
         full_env.pop("RAY_ADDRESS", None)
         gcs_port, dash_port = free_port(), free_port()
         self = cls(temp, full_env, f"127.0.0.1:{gcs_port}", f"http://127.0.0.1:{dash_port}")

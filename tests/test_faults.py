@@ -1,6 +1,6 @@
 """Fault injection, each bounded in time: a Ray worker process killed during the
-feature job, a Serve replica killed under a bounded loopback load, the ingest process
-SIGKILLed mid-write. (The control-plane
+feature job, a worker node removed during a Tune run, a Serve replica killed under a
+bounded loopback load, the ingest process SIGKILLed mid-write. (The control-plane
 actor killed mid-canary: test_control_plane.py; the registry database gone for a
 moment and two processes racing on one version: test_registry_consistency.py.)"""
 from __future__ import annotations
@@ -109,6 +109,55 @@ def test_worker_killed_during_the_feature_job_changes_nothing(ray_session, tmp_p
     a = plain_table.read().sort_values(keys).reset_index(drop=True)
     b = faulty_table.read().sort_values(keys).reset_index(drop=True)
     pd.testing.assert_frame_equal(a, b)
+
+
+# -- a worker node removed during a Tune run --------------------------------------------
+def test_worker_node_removed_during_tuning(private_cluster, tmp_path):
+    """A node that runs trials is SIGKILLed (raylet, workers, all) mid-run: its trials
+    are rescheduled (FailureConfig max_failures) on the nodes left, none is lost, the
+    best one is registered once."""
+    from ray.util.state import list_actors
+
+    from cluster.registry.store import ModelRegistry
+    from tests.test_tune import _features_table
+    cluster = private_cluster
+    label = f"doomed{uuid.uuid4().hex[:4]}"
+    node = cluster.add_worker(label, cpus=1)
+    home = tmp_path / "home"
+    _features_table(home)
+    result: dict = {}
+    name = f"lost-{label}"
+
+    def submit():
+        try:    # trials long enough (a few hundred boosting rounds) to be caught running
+            result["out"] = cluster.submit(
+                home, "jobs.tune", "--model", "lightgbm", "--samples", "3", "--folds", "2",
+                "--scheduler", "fifo", "--name", name, "--registry-name", name,
+                "--set", "num_boost_round=400", "--set", "early_stopping_rounds=400",
+                "--set", "learning_rate=0.01", "--set", "num_leaves=31")
+        except BaseException as exc:
+            result["error"] = exc
+    thread = threading.Thread(target=submit, daemon=True)
+    thread.start()
+    try:
+        def trial_on_doomed():
+            assert thread.is_alive(), f"the tuning job ended first: {result}"
+            time.sleep(0.5)         # the state API is not free on a small machine
+            return [a for a in list_actors(address=cluster.dashboard, limit=10_000,
+                                           raise_on_missing_output=False)
+                    if a.class_name == "ImplicitFunc" and a.node_id == node.node_id
+                    and a.state == "ALIVE"]
+        _wait_for(trial_on_doomed, 300, "a trial on the node to remove")
+        cluster.kill_node(label)
+        thread.join(540)
+    finally:
+        cluster.nodes.pop(label, None)
+    assert "error" not in result, result
+    out = result["out"]
+    assert out["trials"] == {"completed": 3}, out["trials"]
+    versions = ModelRegistry(home=home).search(name=out["registry_name"])
+    assert [v.version for v in versions] == [out["version"]]
+    assert ModelRegistry(home=home).lineage(name, out["version"])["tune_experiment"] == name
 
 
 # -- a Serve replica killed under a bounded loopback load --------------------------------
