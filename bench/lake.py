@@ -23,7 +23,6 @@ one-instrument read <= 20 ms.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import subprocess

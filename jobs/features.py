@@ -45,7 +45,7 @@ def main(argv=None) -> dict:
         bars = BarsTable(settings.lake_dir)
         frame = bars.read(instruments=instruments)
         export_qlib(frame, args.export_qlib)
-        return {"export_qlib": str(args.export_qlib), "data_version": bars.version(),
+        return {"export_qlib": str(args.export_qlib), "data_version": bars.data_version(),
                 "instruments": int(frame["instrument"].nunique()), "rows": int(len(frame))}
     if args.follow:
         return follow(settings)

@@ -63,7 +63,7 @@ def ingest(source: str, fmt: str = "auto", on_error: str | None = None, *,
     if checked.bars.empty:
         result = None
         stats = bars_table.stats()
-        version = bars_table.version()
+        version = bars_table.data_version()
     else:
         result = bars_table.commit(checked.bars, raw.source, extra)
         stats, version = result.summary, result.data_version
