@@ -118,6 +118,7 @@ class TableMaintenance:
         rewrite = ("zorder" in steps and bool(self.spec.cluster_by)) or \
             ("compact" in steps and bool(self.spec.dedupe_key))
         try:
+            out["properties"] = self.ensure_properties()
             if rewrite:
                 done = self.rewrite()
                 for step in ("compact", "zorder"):
@@ -141,6 +142,17 @@ class TableMaintenance:
         out["versions_kept"] = out["steps"].get("vacuum", {}).get("versions_kept")
         out["seconds"] = round(time.perf_counter() - started, 3)
         return out
+
+    def ensure_properties(self) -> dict:
+        """The table properties every lake table needs (``tables.TABLE_CONFIG``), also
+        on tables other writers created: one metadata commit, the first time."""
+        dt = self.table()
+        config = dt.metadata().configuration
+        missing = {k: v for k, v in tables.TABLE_CONFIG.items() if config.get(k) != v}
+        if missing and not self.dry_run:
+            dt.alter.set_table_properties(missing, commit_properties=tables.commit_properties(
+                self.meta("properties", dt, False)))
+        return missing
 
     # -- usage -------------------------------------------------------------
     def usage(self) -> dict:

@@ -34,7 +34,11 @@ META_KEY = "mlops"
 # delta.logRetentionDuration (30 days) after each automatic checkpoint, and a data
 # version a registered model names would stop being readable; jobs.maintain cleans
 # the log instead, keeping every protected version.
-TABLE_CONFIG = {"delta.enableExpiredLogCleanup": "false"}
+# And a checkpoint every few commits: opening a table replays every commit since its
+# last checkpoint (~2 ms each, measured: 16 daily bars commits cost 32 ms to open,
+# 2.8 ms after a checkpoint), so a daily-written table would get slower to open until
+# delta-rs's default checkpoint at every 100th commit.
+TABLE_CONFIG = {"delta.enableExpiredLogCleanup": "false", "delta.checkpointInterval": "5"}
 
 
 class WriteConflict(LakeError):
