@@ -9,7 +9,7 @@ bad rows quarantined). Ours: the full pipeline (indicators + Alpha158 + label,
 written to the Delta features table) on a local Ray with 2 CPUs; Ray start-up is
 timed and reported apart. Baseline: Qlib 0.9.7's own ``Alpha158`` handler (raw
 values, no processors, ``kernels=2``) over a provider directory of the same bars,
-built by the bench. Target: >= 10x.
+built by the bench. Target: >= 20x.
 
 incremental: the same bars without their last day are computed in full; then the
 last day lands (one data version) and ``--incremental`` computes it. Baseline: a
