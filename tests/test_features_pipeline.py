@@ -220,6 +220,27 @@ def test_failed_full_run_keeps_the_previous_version_and_no_stray_files(tmp_path,
     assert sorted(p.name for p in features.path.glob("*.parquet")) == files_before
 
 
+def test_full_run_replaces_only_its_feature_set_in_a_mixed_file(tmp_path):
+    """A data file holding two feature sets: replacing one keeps the other's rows
+    (its file rewritten); a file of the replaced set alone is dropped."""
+    features = FeaturesTable(tmp_path / "lake")
+    fs = current_feature_set()
+    rows = tables.to_frame(compute_full(market(2, 70, seed=4), pd.DatetimeIndex(
+        sorted(market(2, 70, seed=4)["date"].unique())), fs, 0).features)
+    mixed = pd.concat([rows, rows.assign(feature_set="fs-other")], ignore_index=True)
+    meta = {"kind": "features", "feature_set": fs.id, "data_version": 0, "mode": "full"}
+    features.commit_files([features.write_file(tables.to_arrow(mixed, fs.schema), "mixed.parquet"),
+                           features.write_file(tables.to_arrow(rows, fs.schema), "one.parquet")],
+                          fs.schema, meta)
+    again = rows.assign(data_version=1)
+    features.commit_files([features.write_file(tables.to_arrow(again, fs.schema), "new.parquet")],
+                          fs.schema, dict(meta, data_version=1), replace=True)
+    assert set(features.read(feature_set=fs.id)["data_version"]) == {1}
+    assert len(features.read(feature_set="fs-other")) == len(rows)
+    paths = tables.add_actions(features.open()).column("path").to_pylist()
+    assert "new.parquet" in paths and not {"mixed.parquet", "one.parquet"} & set(paths)
+
+
 def test_full_run_files_carry_the_stats_readers_prune_on(tmp_path):
     bars = market(6, 80, seed=9)
     _, table, pipe, _ = lake(tmp_path)

@@ -159,12 +159,18 @@ class FeaturesTable:
             if a == b == fs:
                 gone.append(path)
                 continue
-            table = ds.dataset(f"{self.path}/{path}", format="parquet").to_table()
-            others = table.filter(pc.not_equal(table.column("feature_set"), fs))
-            if others.num_rows == table.num_rows:
+            # delta-rs keeps min/max of the first 32 columns only, so feature_set's
+            # come from the file: its one (dictionary-encoded) column first, the whole
+            # file only when it mixes feature sets
+            dataset = ds.dataset(f"{self.path}/{path}", format="parquet")
+            sets = pc.unique(dataset.to_table(columns=["feature_set"]).column(
+                "feature_set")).to_pylist()
+            if fs not in sets:
                 continue
             gone.append(path)
-            if others.num_rows:
+            if sets != [fs]:
+                table = dataset.to_table()
+                others = table.filter(pc.not_equal(table.column("feature_set"), fs))
                 kept_rows.append(self.write_file(others, tables.data_file_name("part-kept")))
         return tables.remove_actions(dt, gone, data_change=True), kept_rows
 
