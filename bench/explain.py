@@ -62,7 +62,7 @@ def main() -> None:
     model = result.model
     # Early stopping on the synthetic market's weak signal keeps few rounds; explain
     # every tree trained, as a production-size model has them.
-    model.best_epoch = model.model.num_trees()
+    model.best_round = model.model.num_trees()
     x_all = data.frame[columns].to_numpy(dtype=np.float32)
     rng = np.random.default_rng(0)
     rows = x_all[rng.choice(len(x_all), min(args.global_rows, len(x_all)), replace=False)]
@@ -91,7 +91,7 @@ def main() -> None:
     glob_theirs = time.perf_counter() - t
     diff = float(np.abs(g_ours.values - g_theirs.values).max())
     additive = float(np.abs(g_ours.base + g_ours.values.sum(axis=1) - g_ours.predictions).max())
-    trees = model.best_epoch or model.model.num_trees()
+    trees = model.best_iteration or model.model.num_trees()
     report(f"explain: LightGBM, {len(columns)} features, {trees} trees "
            f"({args.stocks} stocks x {args.days} days)", [
         {"what": "local (1 row): ours pred_contrib", "p50_ms": _q(lat_ours, 0.5),

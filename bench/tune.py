@@ -155,8 +155,8 @@ def main() -> None:
     fifo_rounds = sum(int(t["last"].get("rounds", 0)) for t in fifo_trials)
     asha_rounds = sum(int(t["last"].get("rounds", 0)) for t in asha_trials)
     same = sorted(map(json.dumps, configs)) == sorted(json.dumps(t["config"]) for t in asha_trials)
-    fifo_best = fifo["best"]["valid_rank_ic"] if fifo["best"] else float("nan")
-    asha_best = asha["best"]["valid_rank_ic"] if asha["best"] else float("nan")
+    fifo_best = fifo["best"]["selection_rank_ic"] if fifo["best"] else float("nan")
+    asha_best = asha["best"]["selection_rank_ic"] if asha["best"] else float("nan")
     shutil.rmtree(tmp, ignore_errors=True)
     what = "synthetic 80x400, 20 features" if args.quick else \
         f"sp500 dev, {args.instruments} tickers, Alpha158"

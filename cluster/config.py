@@ -72,6 +72,12 @@ class QlibSettings(_Section):
         return label_expression(self.label_horizon)
 
 
+class TrainingSettings(_Section):
+    # The top-k long-short backtest pays this much per unit of traded notional on each
+    # side (a buy and a sell each cost it): 10 bps is a common large-cap assumption.
+    cost_bps: float = Field(10.0, ge=0)
+
+
 class IngestSettings(_Section):
     # Relative slack allowed for open/close outside [low, high]: Yahoo rounds
     # prices, and CBOE 2020-01-10 opens 0.07% above its high in the shared data.
@@ -195,6 +201,10 @@ class RegistrySettings(_Section):
     # first use). A changed hash tag then fails like a changed byte.
     signing_key: SecretStr | None = None
     signing_key_file: Path | None = None
+    # Modules whose classes may be rebuilt from a registered model's manifest. Model
+    # artefacts are data (booster files, state_dicts, arrays, JSON); the manifest names
+    # the class that reads them, and only classes under these prefixes are trusted.
+    model_modules: list[str] = ["cluster.models"]
 
 
 class Settings(BaseSettings):
@@ -208,6 +218,7 @@ class Settings(BaseSettings):
     qlib: QlibSettings = QlibSettings()
     ingest: IngestSettings = IngestSettings()
     lake: LakeSettings = LakeSettings()
+    training: TrainingSettings = TrainingSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
     api: ApiSettings = ApiSettings()
     serving: ServingSettings = ServingSettings()

@@ -70,8 +70,10 @@ class TrainingProgress(Event):
     stage: str
     name: str | None = None         # the registry name the run registers under
     percent: float = 0.0
-    epoch: int | None = None
+    epoch: int | None = None       # torch models
     n_epochs: int | None = None
+    round: int | None = None       # boosting rounds (trees)
+    n_rounds: int | None = None
     train_loss: float | None = None
     valid_loss: float | None = None
     valid_ic: float | None = None

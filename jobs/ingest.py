@@ -25,6 +25,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--regime-shift-at", type=float, default=None, metavar="F",
                    help="synthetic: after fraction F of the days volatility doubles and the "
                    "learnable signal flips sign (summary: regime_shift_day)")
+    p.add_argument("--signal-ic", type=float, default=None, metavar="X",
+                   help="synthetic: plant a return component, predictable from past bars "
+                   "only, of theoretical daily RankIC X (the weekly reversal is then off; "
+                   "summary: planted_rank_ic)")
     p.add_argument("--on-error", choices=["fail", "quarantine"], default=None,
                    help="fail (default): refuse the input; quarantine: land good rows, "
                    "keep bad rows in the quarantine table")
@@ -34,7 +38,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     return ingest(args.source, args.format, args.on_error, stocks=args.stocks, days=args.days,
-                  seed=args.seed, regime_shift_at=args.regime_shift_at, show_progress=True)
+                  seed=args.seed, regime_shift_at=args.regime_shift_at,
+                  signal_ic=args.signal_ic, show_progress=True)
 
 
 if __name__ == "__main__":

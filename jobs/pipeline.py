@@ -43,6 +43,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--stocks", type=int, default=60, help="synthetic market: stocks")
     p.add_argument("--days", type=int, default=750, help="synthetic market: trading days")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--signal-ic", type=float, default=None, metavar="X",
+                   help="synthetic market: plant a signal of theoretical daily RankIC X")
     p.add_argument("--on-error", choices=["fail", "quarantine"], default=None)
     p.add_argument("--model", choices=sorted(MODEL_TYPES), default="lightgbm")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -76,7 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
     summary: dict = {"ingest": ingest(args.source, on_error=args.on_error, stocks=args.stocks,
                                       days=args.days, seed=args.seed,
                                       regime_shift_at=args.regime_shift_at,
-                                      show_progress=True)}
+                                      signal_ic=args.signal_ic, show_progress=True)}
     summary["data_version"] = summary["ingest"]["data_version"]
 
     with progress_bar(total=100, desc="features", unit="%") as bar:

@@ -1,16 +1,24 @@
 """python -m jobs.tune --model TYPE [--samples N] [--max-concurrent K]
                       [--scheduler asha|fifo] [--search random|optuna] [--folds F]
                       [--space FILE.yaml] [--set key=value ...] [--name NAME]
+                      [--rolling STEP [--window expanding|sliding] [--train-days N]]
+                      [--ensemble-top K [--ensemble-method rank|zscore]]
 python -m jobs.tune --resume NAME
 
 Tunes one model type of the zoo with Ray Tune on the current features table:
 walk-forward folds (purged by the label horizon), every trial trained through
-the training engine, the mean valid RankIC over folds as the objective. The
-best trial is retrained (or taken from its checkpoint, --final checkpoint) and
-registered in state ``trained`` with the experiment and trial id in its lineage.
+the training engine. Each fold is split once more: its early stopping watches the
+last quarter of its training days, and the trial is scored on the fold's
+validation days, which early stopping never saw (the objective: the mean RankIC
+over those days). With --rolling STEP the folds are rolling steps (the protocol of
+``jobs.train --rolling``) and the best config is retrained as a rolling version.
+The best trial is retrained (or taken from its checkpoint, --final checkpoint) and
+registered in state ``trained`` with the experiment and trial id in its lineage;
+--ensemble-top K also registers an ensemble of the K best trials.
 Progress goes to stderr (and the Ray dashboard); a JSON summary is printed last
-on stdout: experiment, trials (count by status), best, registry_name, version,
-seconds. An interrupted run continues with --resume NAME (finished trials kept).
+on stdout: experiment, trials (count by status), best (with selection_rank_ic and
+the held-out test held_out_rank_ic), registry_name, version, seconds. An
+interrupted run continues with --resume NAME (finished trials kept).
 """
 from __future__ import annotations
 
@@ -53,6 +61,13 @@ def parse_args(argv):
                    help="best trial: retrain through the engine, or register its checkpoint")
     p.add_argument("--registry-name", help="registry name (default stock-<model>)")
     p.add_argument("--no-register", action="store_true")
+    p.add_argument("--rolling", type=int, metavar="STEP",
+                   help="tune under the rolling protocol (a retrain every STEP days)")
+    p.add_argument("--window", choices=("expanding", "sliding"), default="expanding")
+    p.add_argument("--train-days", type=int, help="rolling: train window length")
+    p.add_argument("--ensemble-top", type=int, metavar="K",
+                   help="also register an ensemble of the K best trials")
+    p.add_argument("--ensemble-method", choices=("rank", "zscore"), default="rank")
     args = p.parse_args(argv)
     if not args.resume and not args.model:
         p.error("--model is required (or --resume NAME)")
@@ -80,7 +95,10 @@ def main(argv=None) -> dict:
                           name=args.name, cpus_per_trial=args.cpus_per_trial,
                           gpu_fraction=args.gpu_fraction, parallel_folds=args.parallel_folds,
                           final=args.final, register=not args.no_register,
-                          registry_name=args.registry_name)
+                          registry_name=args.registry_name, rolling=args.rolling,
+                          window=args.window, train_days=args.train_days,
+                          ensemble_top=args.ensemble_top,
+                          ensemble_method=args.ensemble_method)
     return run_tuning(request)
 
 

@@ -228,27 +228,36 @@ class ServingRuntime:
 
     # A recorded row is a tuple in the predictions SCHEMA's order (cluster/lake/
     # predictions.py): building it is the only per-row work on the request path.
-    def predict_rows(self, rows: list[dict], key: str | None = None,
-                     data_version: int | None = None) -> Answer:
+    # Posted ``rows`` (one prediction each) or ``windows`` (sequence models: one list of
+    # an instrument's rows per prediction, oldest first); ``date`` routes a rolling version.
+    def predict_rows(self, rows: list[dict] | None, key: str | None = None,
+                     data_version: int | None = None, date=None,
+                     windows: list[list[dict]] | None = None) -> Answer:
         t0 = time.perf_counter()
         snap = self.snapshot
         chosen = self._choose(snap, key)
-        out, used = self._answer(snap, chosen, lambda v: v.matrix_from_rows(rows))
-        return self._record_rows(snap, chosen, used, out, t0, rows, key, data_version)
 
-    async def predict_rows_async(self, rows: list[dict], key: str | None = None,
-                                 data_version: int | None = None) -> Answer:
+        def inputs_of(v):
+            return v.inputs_from_rows(rows, date, windows)
+        out, used = self._answer(snap, chosen, inputs_of)
+        return self._record_rows(snap, chosen, used, out, t0, inputs_of, key, data_version)
+
+    async def predict_rows_async(self, rows: list[dict] | None, key: str | None = None,
+                                 data_version: int | None = None, date=None,
+                                 windows: list[list[dict]] | None = None) -> Answer:
         """``predict_rows`` with the model call on a predict thread, off the event loop;
         statistics and the predictions buffer are still only touched on the loop."""
         t0 = time.perf_counter()
         snap = self.snapshot
         chosen = self._choose(snap, key)
-        result = await self._off_loop(self._try_compute, snap, chosen,
-                                      lambda v: v.matrix_from_rows(rows))
-        out, used = self._settle(snap, chosen, result)
-        return self._record_rows(snap, chosen, used, out, t0, rows, key, data_version)
 
-    def _record_rows(self, snap, chosen, used, out, t0, rows, key, data_version) -> Answer:
+        def inputs_of(v):
+            return v.inputs_from_rows(rows, date, windows)
+        result = await self._off_loop(self._try_compute, snap, chosen, inputs_of)
+        out, used = self._settle(snap, chosen, result)
+        return self._record_rows(snap, chosen, used, out, t0, inputs_of, key, data_version)
+
+    def _record_rows(self, snap, chosen, used, out, t0, inputs_of, key, data_version) -> Answer:
         latency = (time.perf_counter() - t0) * 1000.0
         self.stats.get(used.model_id).ok(latency)
         rid, now, preds = uuid.uuid4().hex, time.time(), out.tolist()
@@ -256,8 +265,8 @@ class ServingRuntime:
         self.sink.add([(now, rid, key, used.model_id, None, None, data_version, p, latency,
                         False, *tail) for p in preds])
         for shadow in snap.shadows:
-            self._shadow(shadow, lambda v: v.matrix_from_rows(rows), rid, key, None, None,
-                         [data_version] * len(rows), snap)
+            self._shadow(shadow, inputs_of, rid, key, None, None,
+                         [data_version] * len(preds), snap)
         return Answer(used.model_id, preds, rid, latency, data_version)
 
     def read_inputs(self, instruments: list[str], date) -> CrossSection:
@@ -269,7 +278,7 @@ class ServingRuntime:
     def predict_cross_section(self, cs: CrossSection, key: str | None, t0: float) -> Answer:
         snap = self.snapshot
         chosen = self._choose(snap, key)
-        out, used = self._answer(snap, chosen, lambda v: cs.matrix(v.features))
+        out, used = self._answer(snap, chosen, cs.inputs_for)
         return self._record_cross_section(snap, chosen, used, out, t0, cs, key)
 
     async def predict_instruments_async(self, instruments: list[str], date, key: str | None,
@@ -284,7 +293,7 @@ class ServingRuntime:
 
     def _read_and_compute(self, instruments, date, snap, chosen):
         cs = self.read_inputs(instruments, date)        # its errors are the request's
-        return cs, self._try_compute(snap, chosen, lambda v: cs.matrix(v.features))
+        return cs, self._try_compute(snap, chosen, cs.inputs_for)
 
     def _record_cross_section(self, snap, chosen, used, out, t0, cs, key) -> Answer:
         latency = (time.perf_counter() - t0) * 1000.0
@@ -297,8 +306,7 @@ class ServingRuntime:
         self.sink.add([(now, rid, key, used.model_id, inst, cs.date, dv, p, latency, False,
                         *tail) for inst, dv, p in zip(cs.instruments, dvs, preds)])
         for shadow in snap.shadows:
-            self._shadow(shadow, lambda v: cs.matrix(v.features), rid, key, cs, cs.date, dvs,
-                         snap)
+            self._shadow(shadow, cs.inputs_for, rid, key, cs, cs.date, dvs, snap)
         data_version = max((d for d in dvs if d is not None), default=None)
         return Answer(used.model_id, preds, rid, latency, data_version)
 

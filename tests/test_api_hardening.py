@@ -85,13 +85,13 @@ def test_model_calls_run_off_the_event_loop(served):
     _, client, _, runtime = served
     version = runtime.snapshot.stable
     inside, release = threading.Event(), threading.Event()
-    original = version.predict_matrix
+    original = version.predict
 
     def blocking(x):
         inside.set()
         assert release.wait(60), "the test never released the model"
         return original(x)
-    version.predict_matrix = blocking
+    version.predict = blocking
     answers = []
     try:
         worker = threading.Thread(target=lambda: answers.append(
@@ -104,7 +104,7 @@ def test_model_calls_run_off_the_event_loop(served):
         assert worker.is_alive() and not answers
     finally:
         release.set()
-        version.predict_matrix = original
+        version.predict = original
     worker.join(60)
     assert answers[0].status_code == 200 and answers[0].json()["version"] == "m/1"
 

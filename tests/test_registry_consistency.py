@@ -19,7 +19,8 @@ def _lineage():
 
 
 def _new(reg: ModelRegistry, name: str, state_path=("validated",)):
-    info = reg.register(name, {"w": 1}, lineage=_lineage(), report={}, config={"m": 1})
+    from tests.test_registry import tiny_model   # artefacts are library formats, not pickles
+    info = reg.register(name, tiny_model(), lineage=_lineage(), report={}, config={"m": 1})
     for s in state_path:
         reg.transition(name, info.version, s, "test")
     return info.version
@@ -207,25 +208,28 @@ def test_checkpoint_manifest_refuses_a_tampered_file(tmp_path):
 def test_a_tampered_tune_checkpoint_is_refused_at_registration(mlops_home, tmp_path):
     """The best trial's checkpoint is verified against the manifest its trial signed:
     a model file changed on disk is refused, never loaded and re-hashed as new."""
-    import pickle
     from types import SimpleNamespace
 
     from ray import tune
 
     from cluster.config import get_settings
+    from cluster.registry.artefacts import model_files, write_files
+    from tests.test_registry import tiny_model
     from tuning.runner import TuneRequest, _register_checkpoint
     settings = get_settings()
     folder = tmp_path / "ckpt"
     folder.mkdir()
-    (folder / "model.pkl").write_bytes(pickle.dumps({"w": 1}))
+    files = model_files(tiny_model(1.0))
+    write_files(folder, files)
     (folder / "report.json").write_text(json.dumps({"model_config": {}}))
     (folder / "state.json").write_text("{}")
-    signing.write_manifest(folder, ["model.pkl", "report.json", "state.json"],
+    signing.write_manifest(folder, [*files, "report.json", "state.json"],
                            signing.signing_key(settings))
-    (folder / "model.pkl").write_bytes(pickle.dumps({"w": 2}))         # tampered after
+    write_files(folder, {"model/linear.npz": model_files(tiny_model(2.0))[
+        "model/linear.npz"]})                                           # tampered after
     best = {"trial_id": "t1", "result": SimpleNamespace(
         checkpoint=tune.Checkpoint.from_directory(str(folder)))}
-    with pytest.raises(IntegrityError, match="trial t1 checkpoint.*model.pkl sha256"):
+    with pytest.raises(IntegrityError, match="trial t1 checkpoint.*model/linear.npz sha256"):
         _register_checkpoint(TuneRequest("lightgbm"), best, None, settings, "x", {})
     assert not (mlops_home / "mlflow.db").exists() or \
         ModelRegistry(home=mlops_home).search(name="x") == []

@@ -192,7 +192,7 @@ def test_deploy_refuses_unknown_incompatible_and_tampered_versions(serving_home)
     tampered = register(settings, models[0])
     name, version = tampered.split("/")
     mv = reg.client.get_model_version(name, version)
-    reg.client.set_model_version_tag(name, version, "sha256.model.pkl", "0" * 64)
+    reg.client.set_model_version_tag(name, version, "sha256.model", "0" * 64)
     with in_process(settings, "refusals") as (client, plane, _):
         for model_id, status, fragment in [("m/404", 404, "no model version"),
                                            (other_fs, 422, "feature set"),

@@ -3,12 +3,15 @@ tokens), plus what the other serving tests share: real LightGBM versions trained
 through the engine, fault-injecting model wrappers and an in-process server.
 
 The wrappers live here, importable as ``tests.test_serving_support``, so that a
-pickled faulty model loads in a Ray worker too."""
+registered faulty model loads in a Ray worker too: they store their inner model in
+library formats like any model, and the serving tests trust this module
+(``registry.model_modules``)."""
 from __future__ import annotations
 
 import contextlib
 import math
 import time
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -19,13 +22,32 @@ from serving.stats import StatsBook, VersionStats
 
 FEATURES = [f"f{i}" for i in range(8)]
 TOKENS = {"viewer": "tok-viewer", "operator": "tok-operator", "admin": "tok-admin"}
+TRUSTED_MODULES = '["cluster.models", "tests.test_serving_support"]'
 
 
 # -- fault injection: real models wrapped to misbehave on traffic -------------
 class _Wrapper:
+    window_length = 1
+
     def __init__(self, inner):
         self.inner = inner
         self.feature_names = list(inner.feature_names)
+
+    def _extra(self) -> dict:
+        return {}
+
+    def predict_window(self, windows, dates=None):
+        return self.predict_array(np.asarray(windows)[:, -1, :])
+
+    def save_artefacts(self, directory):
+        from cluster.registry.artefacts import save_model
+        save_model(self.inner, Path(directory) / "inner")
+        return self._extra()
+
+    @classmethod
+    def load_artefacts(cls, directory, state, trusted=("cluster.models",)):
+        from cluster.registry.artefacts import load_model
+        return cls(load_model(Path(directory) / "inner", trusted), **state)
 
     @staticmethod
     def _is_probe(x) -> bool:
@@ -51,6 +73,9 @@ class SlowModel(_Wrapper):
     def __init__(self, inner, delay_s: float):
         super().__init__(inner)
         self.delay_s = delay_s
+
+    def _extra(self) -> dict:
+        return {"delay_s": self.delay_s}
 
     def predict_array(self, x):
         if not self._is_probe(x):
@@ -119,6 +144,7 @@ def serving_home(tmp_path_factory):
         mp.setenv("MLOPS_HOME", str(home))
         mp.delenv("MLOPS_CONFIG", raising=False)
         mp.setenv("MLOPS_API_TOKENS", ",".join(f"{r}:{t}" for r, t in TOKENS.items()))
+        mp.setenv("MLOPS_REGISTRY__MODEL_MODULES", TRUSTED_MODULES)
         reset_settings()
         settings = get_settings()
         FeaturesTable(settings.lake_dir).append(

@@ -27,7 +27,7 @@ from cluster.models.mlp import MLPModel
 from cluster.models.patchtst import PatchTSTModel
 from cluster.models.tabnet import TabNetModel
 from cluster.models.timesnet import TimesNetModel
-from cluster.models.torch_base import make_windows, panel_layout, window_indices
+from cluster.models.torch_windows import make_windows, panel_layout, window_indices
 from cluster.models.transformer import TransformerModel
 from cluster.training.metrics import daily_ic
 
@@ -128,7 +128,7 @@ def all_features(dataset) -> pd.DataFrame:
 
 
 @pytest.mark.parametrize("name", list(TINY))
-def test_fit_predict_pickle_and_frame(name, dataset, fitted):
+def test_fit_predict_store_and_frame(name, dataset, fitted, tmp_path):
     model, rows = fitted(name)
     params = TINY[name][1]
     # reporter: once per epoch, 1-based, with the documented keys
@@ -149,12 +149,18 @@ def test_fit_predict_pickle_and_frame(name, dataset, fitted):
     assert isinstance(pred, pd.Series) and pred.index.equals(expected)
     assert np.isfinite(pred.to_numpy()).all() and pred.std() > 0
 
-    # pickle round trip: identical predictions, network state on the CPU
-    blob = pickle.dumps(model)
-    again = pickle.loads(blob)
+    # stored in library formats (state_dict + arrays + JSON) and back: identical
+    from cluster.registry.artefacts import load_model, save_model
+    save_model(model, tmp_path / "m")
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == \
+        ["manifest.json", "net.pt", "scaler.npz"]
+    again = load_model(tmp_path / "m")
     assert all(t.device.type == "cpu" for t in again.net.state_dict().values())
     np.testing.assert_array_equal(again.predict(dataset, segment="test").to_numpy(),
                                   pred.to_numpy())
+    # pickling (how Ray moves a model between processes) keeps it too
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(model)).predict(
+        dataset, segment="test").to_numpy(), pred.to_numpy())
 
     # predict_frame on raw rows (plain column names), any row order
     feats = all_features(dataset)
@@ -166,6 +172,10 @@ def test_fit_predict_pickle_and_frame(name, dataset, fitted):
                                rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(again.predict_frame(shuffled).to_numpy(),
                                by_frame.to_numpy(), rtol=1e-5, atol=1e-5)
+    # serving's form: raw windows as training builds them (longer ones are cut)
+    windows = make_windows(feats.to_numpy(np.float32), feats.index, model.window_length + 3)
+    served = pd.Series(model.predict_window(windows), index=feats.index).reindex(expected)
+    np.testing.assert_allclose(served.to_numpy(), pred.to_numpy(), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", SEQUENCE)
@@ -266,13 +276,15 @@ def test_parameters_and_zoo():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
-def test_trained_on_gpu_predicts_on_cpu_after_pickle(dataset):
+def test_trained_on_gpu_predicts_on_cpu_after_storing(dataset, tmp_path):
+    from cluster.registry.artefacts import load_model, save_model
     model = TransformerModel(n_epochs=2, d_model=16, n_heads=2, num_layers=1,
                              dim_feedforward=32, seq_len=6, device="auto")
     model.fit(dataset)
     assert next(model.net.parameters()).device.type == "cuda"
     gpu_pred = model.predict(dataset)
-    cpu_model = pickle.loads(pickle.dumps(model))
+    save_model(model, tmp_path / "m")
+    cpu_model = load_model(tmp_path / "m")
     cpu_model.params["device"] = "cpu"
     cpu_pred = cpu_model.predict(dataset)
     np.testing.assert_allclose(cpu_pred.to_numpy(), gpu_pred.to_numpy(), rtol=1e-3, atol=1e-4)

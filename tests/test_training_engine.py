@@ -22,7 +22,8 @@ def setup(tmp_path_factory):
     bus = EventBus(None)  # in memory: the table is tested elsewhere
     events = []
     bus.subscribe("*", events.append)
-    data = FeatureData(feature_frame(), data_version=3, feature_set="fs-test")
+    data = FeatureData(feature_frame(), data_version=3, feature_set="fs-test",
+                       features_version=5)
     return settings, bus, events, data
 
 
@@ -40,27 +41,33 @@ def test_lightgbm_through_engine_registers_with_lineage(setup):
     stages = [e.stage for e in events if e.type == "training_progress"]
     order = ["preparing", "configuring", "training", "evaluating", "completed"]
     assert [s for s in dict.fromkeys(stages)] == order
-    epochs = [e for e in events if e.type == "training_progress" and e.epoch]
-    assert epochs and all(e.valid_ic is not None for e in epochs)
+    rounds = [e for e in events if e.type == "training_progress" and e.round]
+    assert rounds and all(e.valid_ic is not None and e.epoch is None for e in rounds)
+    assert all(e.n_rounds == 300 for e in rounds)   # boosting rounds are not epochs
     pct = [e.percent for e in events if e.type == "training_progress"]
     assert pct == sorted(pct)
     rep = json.loads(result.report_path.read_text())
-    for key in ("run_id", "model_name", "duration_seconds", "total_epochs", "best_epoch",
+    for key in ("run_id", "model_name", "duration_seconds", "total_rounds", "best_round",
                 "history", "metrics", "hyper_parameters", "data", "feature_importance"):
         assert key in rep, key
-    assert rep["best_epoch"] > 1, "early stopping watches the valid IC, not only the loss"
+    assert rep["iteration_unit"] == "round" and "best_epoch" not in rep
+    assert all("round" in h and "epoch" not in h for h in rep["history"])
+    assert rep["best_round"] > 1, "early stopping watches the valid IC, not only the loss"
     assert set(rep["metrics"]) == {"train", "valid", "test"}
     test = rep["metrics"]["test"]
     for key in ("ic", "icir", "rank_ic", "rank_icir", "mse", "ls_annual_return", "ls_sharpe",
-                "ls_max_drawdown", "ls_turnover"):
+                "ls_gross_annual_return", "ls_max_drawdown", "ls_turnover"):
         assert key in test
     assert test["ic"] > 0.1, "the planted signal is found"
+    assert test["ls_cost_bps"] == 10.0 and test["ls_annual_return"] < test["ls_gross_annual_return"]
     assert list(rep["feature_importance"])[:2] == ["f0", "f1"]
     assert rep["data"]["data_version"] == 3 and rep["data"]["instruments"] == 30
     reg = ModelRegistry(home=settings.home)
     info = reg.get(result.registry_name, result.version)
     assert info.state == "trained" and info.feature_set == "fs-test"
-    assert reg.lineage(result.registry_name, result.version)["data_version"] == 3
+    lineage = reg.lineage(result.registry_name, result.version)
+    assert lineage["data_version"] == 3 and lineage["features_version"] == 5
+    assert "parent_model" not in lineage      # a first training names no parent
     assert any(e.type == "model_registered" for e in events)
     model = reg.load(result.registry_name, result.version, expected_feature_set="fs-test")
     assert np.isfinite(model.predict_array(np.zeros((2, 8), np.float32))).all()

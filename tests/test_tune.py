@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -16,7 +17,8 @@ from hypothesis import strategies as st
 from cluster.features.qlib_bridge import default_segments, purge_segments
 from cluster.models.zoo import MODEL_TYPES, spec
 from tests.conftest import ROOT
-from tuning.folds import label_dates, tuning_window, walk_forward_folds
+from tuning.folds import (label_dates, rolling_folds, selection_folds, tuning_window,
+                          walk_forward_folds)
 from tuning.spaces import default_space, load_space_file, merged_space, to_tune
 from tuning.trainable import trial_resources
 
@@ -60,6 +62,33 @@ def test_no_training_label_reaches_into_validation(cal, horizon, n_folds):
         assert {k: tuple(v) for k, v in purge_segments(fold, cal, horizon).items()} == \
             {k: tuple(map(pd.Timestamp, v)) for k, v in fold.items()}
     assert pd.Timestamp(folds[-1]["valid"][1]) == cal[-1]
+
+
+@given(cal=calendars(), horizon=st.integers(0, 6), n_folds=st.integers(1, 4),
+       rolling=st.booleans(), step=st.integers(5, 40))
+def test_trials_are_scored_on_days_early_stopping_never_saw(cal, horizon, n_folds, rolling,
+                                                            step):
+    """Unbiased selection: in every trial fold, train < early-stopping window < scored
+    days, each purged from the next by the horizon (no label reaches the next one)."""
+    try:
+        folds = rolling_folds(cal, horizon, step) if rolling else \
+            selection_folds(cal, n_folds, horizon)
+    except ValueError:
+        assume(False)
+
+    def pos(day) -> int:
+        return int(cal.searchsorted(pd.Timestamp(day)))
+    for fold in folds:
+        purged = purge_segments(fold, cal, horizon)
+        (ts, te), (es, ee), (ss, se) = [tuple(map(pos, purged[k]))
+                                        for k in ("train", "valid", "test")]
+        # a label of day d reads d+1 .. d+horizon: never a day of the next segment
+        assert ts <= te and te + horizon < es <= ee and ee + horizon < ss <= se
+    if rolling:  # the scored steps tile the scored span
+        assert all(pos(b["test"][0]) == pos(a["test"][1]) + 1 for a, b in zip(folds, folds[1:]))
+    else:
+        assert [f["test"] for f in folds] == [tuple(f["valid"]) for f in
+                                              walk_forward_folds(cal, n_folds, horizon)]
 
 
 def test_tuning_window_keeps_test_period_prices_out():
@@ -154,13 +183,12 @@ def synthetic():
 def test_a_trial_scores_every_family_on_rank_ic(model_type, params, synthetic, tmp_path):
     """What the trainable does per fold, without Tune: the engine's progress rows
     become running RankIC reports; the folds' evaluations become the objective."""
-    import pickle
-
     from cluster.config import load_settings
+    from cluster.registry.artefacts import load_model, write_files
     from tuning.trainable import TrialSetup, _Trial, run_fold
     config = merged_space(model_type, fixed=params)
     config = {k: v for k, v in config.items() if not isinstance(v, dict)}  # fixed only
-    folds = walk_forward_folds(tuning_window(synthetic.frame["date"], 2), 2, 2)
+    folds = selection_folds(tuning_window(synthetic.frame["date"], 2), 2, 2)
     trial = _Trial(TrialSetup(model_type, folds, load_settings(home=tmp_path), FEATURES), config)
     reports = []
     for k in range(2):
@@ -168,21 +196,28 @@ def test_a_trial_scores_every_family_on_rank_ic(model_type, params, synthetic, t
                                   lambda row, k=k: reports.append(trial.on_row(k, row)))
         trial.finish(summary, blobs)
     final = trial.metrics()
-    fold_ric = [trial.done[k]["valid_rank_ic"] for k in range(2)]
-    assert final["folds_done"] == 2 and final["fold_valid_rank_ic"] == fold_ric
-    assert final["valid_rank_ic"] == pytest.approx(sum(fold_ric) / 2)
-    assert final["valid_rank_ic"] > 0.05, "the planted signal is found"
+    fold_ric = [trial.done[k]["rank_ic"] for k in range(2)]
+    days = [trial.done[k]["days"] for k in range(2)]
+    assert final["folds_done"] == 2 and final["fold_rank_ic"] == fold_ric
+    # the score: the scored days' RankIC (day-weighted), not early stopping's own days
+    assert final["selection_rank_ic"] == pytest.approx(
+        (fold_ric[0] * days[0] + fold_ric[1] * days[1]) / sum(days))
+    assert all(trial.done[k]["es_rank_ic"] != trial.done[k]["rank_ic"] for k in range(2))
+    assert final["selection_rank_ic"] > 0.05, "the planted signal is found"
     running = [r for r in reports if r is not None]
     if model_type == "linear":  # one fit per fold, nothing about validation meanwhile
         assert running == [] and final["rounds"] == 2
     else:
-        assert running and all("valid_rank_ic" in r for r in running)
+        assert running and all("selection_rank_ic" in r for r in running)
         rounds = [r["rounds"] for r in running]
         assert rounds == sorted(rounds) and final["rounds"] >= rounds[-1]
-    model = pickle.loads(blobs["model.pkl"])  # the widest fold's model, as checkpointed
-    assert type(model).__name__ == spec(model_type).class_name and model.best_epoch >= 1
+    with tempfile.TemporaryDirectory() as tmp:  # the widest fold's model, as checkpointed
+        write_files(Path(tmp), {k: v for k, v in blobs.items() if k.startswith("model/")})
+        model = load_model(Path(tmp) / "model")
+    assert type(model).__name__ == spec(model_type).class_name and model.best_iteration >= 1
     report = json.loads(blobs["report.json"])
     assert report["data"]["segments"]["valid"] == list(folds[1]["valid"])
+    assert report["data"]["segments"]["test"] == list(folds[1]["test"])
 
 
 def test_parallel_folds_stream_progress_from_ray_tasks(ray_session, synthetic, tmp_path,
@@ -193,7 +228,7 @@ def test_parallel_folds_stream_progress_from_ray_tasks(ray_session, synthetic, t
     from tuning import trainable
     config = {k: v for k, v in merged_space("lightgbm", fixed=TINY_GBDT).items()
               if not isinstance(v, dict)}
-    folds = walk_forward_folds(tuning_window(synthetic.frame["date"], 2), 2, 2)
+    folds = selection_folds(tuning_window(synthetic.frame["date"], 2), 2, 2)
     setup = trainable.TrialSetup("lightgbm", folds, load_settings(home=tmp_path), FEATURES,
                                  parallel_folds=True)
     trial = trainable._Trial(setup, config)
@@ -204,8 +239,8 @@ def test_parallel_folds_stream_progress_from_ray_tasks(ray_session, synthetic, t
     trainable._parallel(trial, ray_session.put(synthetic), [0, 1], "par")
     ends = [m for m, ckpt in reports if ckpt]
     assert len(ends) == 2 and ends[-1]["folds_done"] == 2
-    assert ends[-1]["fold_valid_rank_ic"] == [trial.done[k]["valid_rank_ic"] for k in (0, 1)]
-    assert ends[-1]["valid_rank_ic"] > 0.1
+    assert ends[-1]["fold_rank_ic"] == [trial.done[k]["rank_ic"] for k in (0, 1)]
+    assert ends[-1]["selection_rank_ic"] > 0.1
     rows = [m for m, ckpt in reports if not ckpt]
     assert {m["fold"] for m in rows} == {1, 2} and len(rows) >= 4
     assert ends[-1]["rounds"] == sum(trial.done[k]["epochs"] for k in (0, 1))
@@ -227,12 +262,13 @@ def test_small_tuning_run_end_to_end(ray_session, mlops_home, synthetic):
     assert set(out["trials"]) <= {"completed", "stopped_early"}
     assert out["trials"].get("completed", 0) >= 1
     best = out["best"]
-    assert len(best["fold_valid_rank_ic"]) == 2
-    assert best["valid_rank_ic"] == pytest.approx(sum(best["fold_valid_rank_ic"]) / 2)
-    assert best["valid_rank_ic"] > 0.1, "the planted signal is found"
+    assert len(best["fold_rank_ic"]) == 2
+    assert best["selection_rank_ic"] > 0.1, "the planted signal is found"
+    # the held-out test score of what was registered, beside the selection score
+    assert best["held_out_rank_ic"] is not None and best["held_out"]["days"] > 0
     assert 0.0125 <= best["config"]["learning_rate"] <= 0.2
     assert best["config"]["num_threads"] == 1 and best["config"]["num_leaves"] == 8
-    assert out["folds"] == walk_forward_folds(tuning_window(synthetic.frame["date"], 2), 2, 2)
+    assert out["folds"] == selection_folds(tuning_window(synthetic.frame["date"], 2), 2, 2)
     # every trial reported per batch of rounds, on ASHA's time axis
     rows = _trial_rows(mlops_home / "tune" / "e2e")
     assert len(rows) == 4 and all("rounds" in r for t in rows.values() for r in t)
@@ -246,7 +282,7 @@ def test_small_tuning_run_end_to_end(ray_session, mlops_home, synthetic):
     assert info.state == "trained" and info.feature_set == "fs-test"
     assert lineage["tune_experiment"] == "e2e" and lineage["tune_trial_id"] == best["trial_id"]
     assert lineage["data_version"] == 3
-    assert lineage["segments"]["valid"] == list(out["folds"][-1]["valid"])  # the widest fold
+    assert lineage["segments"]["test"] == list(out["folds"][-1]["test"])  # the widest fold
     report = reg.artefact_json("tuned", out["version"], "report.json")
     assert report["tune"]["tune_trial_id"] == best["trial_id"]
     assert report["hyper_parameters"]["learning_rate"] == best["config"]["learning_rate"]
@@ -264,7 +300,8 @@ def test_asha_keeps_a_trial_that_spends_its_whole_budget(ray_session, mlops_home
                           register=False)
     out = run_tuning(request, synthetic, get_settings())
     assert out["trials"].get("completed", 0) >= 1, out["trials"]
-    assert out["best"] is not None and len(out["best"]["fold_valid_rank_ic"]) == 2
+    assert out["best"] is not None and len(out["best"]["fold_rank_ic"]) == 2
+    assert out["registry_name"] is None and out["best"]["held_out_rank_ic"] is not None
 
 
 # --------------------------------------------------------------------------- resume
@@ -325,8 +362,9 @@ def test_resume_after_the_driver_is_killed(ray_session, mlops_home, capsys):
     rows = _trial_rows(exp)
     assert len(rows) == 3 and set(finished) <= set(rows)
     for trial_id, last in finished.items():  # nothing finished was lost or redone
-        assert rows[trial_id][-1]["valid_rank_ic"] == pytest.approx(last["valid_rank_ic"])
-        assert rows[trial_id][-1]["fold_valid_rank_ic"] == last["fold_valid_rank_ic"]
+        assert rows[trial_id][-1]["selection_rank_ic"] == \
+            pytest.approx(last["selection_rank_ic"])
+        assert rows[trial_id][-1]["fold_rank_ic"] == last["fold_rank_ic"]
     reports = mlops_home / "reports"
     for trial_id in partial:  # its first fold came from the checkpoint, not retrained
         fold1 = json.loads((reports / f"{trial_id}-fold1.json").read_text())

@@ -12,6 +12,16 @@ selection does not read test-period prices either.
 
     region = tuning_window(dates, horizon)           # train+valid, purged vs test
     folds = walk_forward_folds(region, 3, horizon)   # [{"train": (a, b), "valid": (c, d)}, ...]
+    trial_folds = selection_folds(region, 3, horizon)  # + the inner early-stopping split
+
+Unbiased selection: a trial is scored on days its early stopping never saw. Each
+walk-forward fold is split once more (:func:`inner_split`): the last
+``ES_FRACTION`` of its training days become the early-stopping window, the rest
+(purged by the horizon) is trained on, and the fold's validation days are only
+scored. In the engine's names a trial fold is ``{"train": inner train, "valid":
+early stopping, "test": the scored days}``. :func:`rolling_folds` gives the same
+three-way folds for ``jobs.tune --rolling STEP``: rolling steps over the tuning
+window, scored on each step's next ``STEP`` days.
 """
 from __future__ import annotations
 
@@ -20,6 +30,7 @@ import pandas as pd
 from cluster.features.qlib_bridge import default_segments
 
 TRAIN_BLOCKS = 3  # blocks in the first training window; one block per validation window
+ES_FRACTION = 0.25  # of a fold's training days: the early-stopping window
 _FMT = "%Y-%m-%d"
 
 
@@ -73,3 +84,47 @@ def label_dates(calendar, day, horizon: int) -> pd.DatetimeIndex:
     cal = _calendar(calendar)
     pos = int(cal.get_loc(pd.Timestamp(day)))
     return cal[pos + 1:pos + 1 + horizon]
+
+
+def inner_split(fold: dict, calendar, horizon: int, fraction: float = ES_FRACTION
+                ) -> dict[str, tuple[str, str]]:
+    """A walk-forward fold -> ``{"train", "valid", "test"}``: the fold's training days
+    split into inner train and an early-stopping window (its last ``fraction``, at
+    least 2 days), purged by ``horizon``; ``test`` is the fold's validation window."""
+    cal = _calendar(calendar)
+    lo = int(cal.searchsorted(pd.Timestamp(fold["train"][0])))
+    hi = int(cal.searchsorted(pd.Timestamp(fold["train"][1]), side="right")) - 1
+    n = hi - lo + 1
+    es = max(2, int(round(n * fraction)))
+    es_start = hi - es + 1
+    train_end = es_start - horizon - 1
+    if train_end < lo:
+        raise ValueError(f"fold {fold} has too few training days ({n}) for an early-stopping "
+                         f"window of {es} days and a {horizon}-day purge")
+    return {"train": (cal[lo].strftime(_FMT), cal[train_end].strftime(_FMT)),
+            "valid": (cal[es_start].strftime(_FMT), cal[hi].strftime(_FMT)),
+            "test": tuple(fold["valid"])}
+
+
+def selection_folds(calendar, n_folds: int, horizon: int,
+                    fraction: float = ES_FRACTION) -> list[dict[str, tuple[str, str]]]:
+    """Walk-forward folds, each with its inner early-stopping split (engine names)."""
+    return [inner_split(f, calendar, horizon, fraction)
+            for f in walk_forward_folds(calendar, n_folds, horizon)]
+
+
+def rolling_folds(calendar, horizon: int, step: int, window: str = "expanding",
+                  train_days: int | None = None) -> list[dict[str, tuple[str, str]]]:
+    """Rolling steps inside the tuning window (the protocol of ``jobs.train
+    --rolling``): the last fifth of the window is scored, ``step`` days at a time;
+    each step early-stops on as many days before it as are scored in all, and
+    trains on what lies before (purged by the engine, as in rolling training)."""
+    from cluster.training.rolling import rolling_segments
+    cal = _calendar(calendar)
+    score = max(int(step), len(cal) // 5)
+    if len(cal) < 2 * score + 2 + 2 * horizon:
+        raise ValueError(f"{len(cal)} trading days are too few to tune rolling steps of {step}")
+    t0, v0 = len(cal) - score, len(cal) - 2 * score
+    first = {"train": (cal[0], cal[v0 - 1]), "valid": (cal[v0], cal[t0 - 1]),
+             "test": (cal[t0], cal[-1])}
+    return rolling_segments(cal, first, step, window, train_days, horizon)

@@ -13,12 +13,22 @@
 - Storage: ``$MLOPS_HOME/tune/<experiment>``, with ``mlops_tune.json`` beside Tune's
   own state: the request, the folds and the data version, so ``--resume NAME``
   needs nothing else and trains on the same data version.
-- Best trial (the highest mean valid RankIC among trials that finished every fold)
+- Folds (``tuning.folds``): purged walk-forward folds, each with an inner split,
+  so a trial is scored on days its early stopping never saw; with ``rolling=STEP``
+  the folds are rolling steps over the tuning window (``jobs.train --rolling``'s
+  protocol), each scored on its next ``STEP`` days.
+- Best trial (the highest selection RankIC among trials that finished every fold)
   -> registry in state ``trained`` with lineage naming the experiment and trial:
   ``final="retrain"`` trains its config once more through the engine on the
   standard split -- the train+valid dates the folds were cut from, valid kept for
-  early stopping, test held out and evaluated; ``final="checkpoint"`` registers
-  the model of its last (widest) fold from its checkpoint, without training.
+  early stopping, test held out and evaluated (with ``rolling``: a rolling retrain
+  over the test span, registered as one rolling version); ``final="checkpoint"``
+  registers the model of its last (widest) fold from its checkpoint (library
+  formats), without training. Either way the summary reports the best trial's
+  held-out test RankIC beside its selection score (``best.held_out_rank_ic``,
+  ``best.selection_rank_ic``).
+- ``ensemble_top=K``: the top K trials are retrained the same way and registered
+  as one ensemble version (mean of cross-sectional ranks or z-scores).
 """
 from __future__ import annotations
 
@@ -37,7 +47,7 @@ from cluster.config import Settings, get_settings
 from cluster.errors import MlopsError
 from cluster.models.zoo import spec
 from cluster.training.engine import FeatureData, load_features
-from tuning.folds import tuning_window, walk_forward_folds
+from tuning.folds import rolling_folds, selection_folds, tuning_window
 from tuning.spaces import asha_grace, budget, merged_space, to_tune
 from tuning.trainable import METRIC, MODE, THREAD_PARAMS, TrialSetup, trial_resources, \
     train_trial
@@ -70,9 +80,21 @@ class TuneRequest:
     feature_columns: list[str] | None = None
     grace_period: int | None = None       # ASHA, in rounds; default spaces.asha_grace
     reduction_factor: float = 4.0
+    rolling: int | None = None            # tune under the rolling protocol, STEP days
+    window: str = "expanding"
+    train_days: int | None = None
+    ensemble_top: int | None = None       # also register an ensemble of the top K trials
+    ensemble_method: str = "rank"
 
     def check(self) -> None:
         spec(self.model_type)
+        if self.rolling is not None and self.rolling < 1:
+            raise ValueError("rolling step must be >= 1 trading day")
+        if self.rolling is not None and self.final == "checkpoint":
+            raise ValueError("--rolling registers a rolling retrain; --final checkpoint "
+                             "does not apply")
+        if self.ensemble_top is not None and self.ensemble_top < 2:
+            raise ValueError("ensemble_top needs at least 2 trials")
         for value, allowed, what in ((self.scheduler, SCHEDULERS, "scheduler"),
                                      (self.search, SEARCHES, "search"),
                                      (self.final, FINALS, "final")):
@@ -97,9 +119,8 @@ def run_tuning(request: TuneRequest, data: FeatureData | None = None,
     if (path / META).exists():
         raise MlopsError(f"experiment {name!r} exists under {path.parent}; "
                          f"resume it with --resume {name}")
-    cal = tuning_window(data.frame["date"], settings.qlib.label_horizon)
     meta = {"name": name, "request": asdict(request),
-            "folds": walk_forward_folds(cal, request.folds, settings.qlib.label_horizon),
+            "folds": trial_folds(request, data.frame["date"], settings.qlib.label_horizon),
             "data": {"data_version": data.data_version, "feature_set": data.feature_set,
                      "features_version": data.features_version},
             "registered": None}
@@ -132,6 +153,14 @@ def resume_tuning(name: str, data: FeatureData | None = None,
     else:
         tuner = _tuner(meta, data, settings, restore=True)
     return _finish(_fit(tuner), meta, data, settings, started)
+
+
+def trial_folds(request: TuneRequest, dates, horizon: int) -> list[dict]:
+    """The three-way folds every trial trains (see ``tuning.folds``)."""
+    cal = tuning_window(dates, horizon)
+    if request.rolling:
+        return rolling_folds(cal, horizon, request.rolling, request.window, request.train_days)
+    return selection_folds(cal, request.folds, horizon)
 
 
 def _fit(tuner):
@@ -271,7 +300,7 @@ def trial_rows(grid, n_folds: int) -> list[dict]:
         rows.append({"trial_id": m.get("trial_id"),  # Tune always sets it
                      "status": status, "rounds": int(m.get("rounds") or 0),
                      METRIC: _finite(m.get(METRIC)), "config": result.config,
-                     "fold_valid_rank_ic": m.get("fold_valid_rank_ic"), "result": result})
+                     "fold_rank_ic": m.get("fold_rank_ic"), "result": result})
     return rows
 
 
@@ -285,56 +314,128 @@ def _finish(grid, meta: dict, data: FeatureData, settings: Settings, started: fl
     counts: dict[str, int] = {}
     for row in rows:
         counts[row["status"]] = counts.get(row["status"], 0) + 1
-    done = [r for r in rows if r["status"] == "completed" and r[METRIC] is not None]
-    best = max(done, key=lambda r: r[METRIC]) if done else None
+    done = sorted((r for r in rows if r["status"] == "completed" and r[METRIC] is not None),
+                  key=lambda r: r[METRIC], reverse=True)
+    best = done[0] if done else None
     summary = {"experiment": meta["name"], "model": req.model_type,
                "experiment_path": str(experiment_path(settings, meta["name"])),
                "trials": counts, "rounds": sum(r["rounds"] for r in rows),
                "best": None, "registry_name": None, "version": None,
                "scheduler": req.scheduler, "search": req.search, "folds": meta["folds"],
+               "rolling": req.rolling,
                "data_version": data.data_version, "feature_set": data.feature_set}
     if best is not None:
         summary["best"] = {"trial_id": best["trial_id"], "config": best["config"],
-                           METRIC: best[METRIC],
-                           "fold_valid_rank_ic": best["fold_valid_rank_ic"]}
+                           METRIC: best[METRIC], "fold_rank_ic": best["fold_rank_ic"]}
     if counts.get("unfinished"):
         summary["resume"] = f"python -m jobs.tune --resume {meta['name']}"
         log.warning("tuning run %s was interrupted: %d trial(s) unfinished; resume it with "
                     "%s", meta["name"], counts["unfinished"], summary["resume"])
-    elif best is not None and req.register:
+    elif best is not None:
         if meta.get("registered") is None:  # a resumed, already registered run keeps it
-            meta["registered"] = _register(req, best, meta, data, settings)
+            trained: dict = {}                 # trial id -> its retrained model
+            meta["registered"] = _register(req, best, meta, data, settings, trained)
+            if req.ensemble_top:
+                meta["registered"]["ensemble"] = _ensemble(req, done[:req.ensemble_top], meta,
+                                                           data, settings, trained)
             _write_meta(experiment_path(settings, meta["name"]), meta)
-        summary.update(meta["registered"])
-    elif best is None:
+        registered = dict(meta["registered"])
+        held_out = registered.pop("held_out", None)
+        summary["best"]["held_out_rank_ic"] = (held_out or {}).get("rank_ic")
+        summary["best"]["held_out"] = held_out
+        summary.update(registered)
+    else:
         log.warning("no trial finished every fold; nothing registered")
     summary["seconds"] = round(time.time() - started, 3)
     return summary
 
 
+def _held_out(metrics: dict) -> dict | None:
+    test = (metrics or {}).get("test")
+    if not test:
+        return None
+    return {k: test.get(k) for k in ("ic", "icir", "rank_ic", "rank_icir", "days",
+                                     "ls_annual_return", "ls_sharpe")}
+
+
+def _final_model(req: TuneRequest, config: dict, data: FeatureData, settings: Settings,
+                 register: bool, name: str, lineage: dict):
+    """Retrain ``config`` on the standard split (or rolling over the test span):
+    (model, report, registered info or None)."""
+    from cluster.events import get_bus
+    bus = get_bus(settings.lake_dir)
+    if req.rolling:
+        from cluster.training.rolling import RollingRequest, run_rolling
+        result = run_rolling(RollingRequest(req.model_type, req.rolling, params=dict(config),
+                                            window=req.window, train_days=req.train_days,
+                                            feature_columns=req.feature_columns,
+                                            register=register, registry_name=name),
+                             data, settings, bus, lineage_extra=lineage)
+        return result.model, result.report, result.version
+    from cluster.training.engine import TrainingEngine, TrainRequest
+    request = TrainRequest(req.model_type, params=dict(config),
+                           feature_columns=req.feature_columns, registry_name=name,
+                           register=register)
+    result = TrainingEngine(settings, bus).run(request, data, lineage_extra=lineage)
+    if result.state != "completed":
+        raise MlopsError(f"retraining {lineage.get('tune_trial_id')} failed: {result.error}")
+    return result.model, result.report, result.version
+
+
 def _register(req: TuneRequest, best: dict, meta: dict, data: FeatureData,
-              settings: Settings) -> dict:
+              settings: Settings, trained: dict | None = None) -> dict:
     lineage = {"tune_experiment": meta["name"], "tune_trial_id": best["trial_id"]}
-    name = req.registry_name or f"stock-{req.model_type}"
+    name = req.registry_name or (f"stock-{req.model_type}-rolling" if req.rolling
+                                 else f"stock-{req.model_type}")
     if req.final == "checkpoint":
         return _register_checkpoint(req, best, data, settings, name, lineage)
+    model, report, version = _final_model(req, best["config"], data, settings, req.register,
+                                          name, lineage)
+    if trained is not None:
+        trained[best["trial_id"]] = model
+    return {"registry_name": name if version else None, "version": version,
+            "final": "rolling" if req.rolling else "retrain",
+            "training_run": report["run_id"], "held_out": _held_out(report["metrics"])}
+
+
+def _ensemble(req: TuneRequest, top: list[dict], meta: dict, data: FeatureData,
+              settings: Settings, trained: dict | None = None) -> dict:
+    """The top trials retrained (rolling when tuned so; the best one is reused) and
+    combined as one version."""
     from cluster.events import get_bus
-    from cluster.training.engine import TrainingEngine, TrainRequest
-    request = TrainRequest(req.model_type, params=dict(best["config"]),
-                           feature_columns=req.feature_columns, registry_name=name)
-    result = TrainingEngine(settings, get_bus(settings.lake_dir)).run(
-        request, data, lineage_extra=lineage)
-    if result.version is None:
-        raise MlopsError(f"retraining the best trial {best['trial_id']} failed: {result.error}")
-    return {"registry_name": result.registry_name, "version": result.version,
-            "final": "retrain", "training_run": result.run_id}
+    from cluster.models.composite import EnsembleModel
+    from cluster.training.ensemble import ensemble_report, register_ensemble
+    members, ids = [], []
+    for row in top:
+        model = (trained or {}).get(row["trial_id"])
+        if model is None:
+            model, _, _ = _final_model(req, row["config"], data, settings, False, "", {
+                "tune_experiment": meta["name"], "tune_trial_id": row["trial_id"]})
+        members.append(model)
+        ids.append(f"{meta['name']}/{row['trial_id']}")
+    model = EnsembleModel(members, req.ensemble_method, ids)
+    base = req.registry_name or f"stock-{req.model_type}" + ("-rolling" if req.rolling else "")
+    report = ensemble_report(model, data, ids, req.ensemble_method, f"{base}-ensemble",
+                             settings, extra={"tune_experiment": meta["name"]})
+    out = {"members": ids, "method": req.ensemble_method, "registry_name": None,
+           "version": None, "held_out": _held_out(report["metrics"])}
+    if req.register:
+        info = register_ensemble(settings, get_bus(settings.lake_dir), model, report, data,
+                                 {"tune_experiment": meta["name"]})
+        out.update(registry_name=info.name, version=info.version)
+    return out
 
 
 def _register_checkpoint(req, best, data, settings, name, lineage) -> dict:
-    import pickle
-    from cluster.events import ModelRegistered, get_bus
-    from cluster.monitoring.reference import reference_artefacts
-    from cluster.registry.store import Lineage, ModelRegistry, code_version
+    """The widest fold's model from the trial's checkpoint (library formats, read back
+    with the same trusted loader as the registry), evaluated on the held-out test
+    segment and registered without training."""
+    from cluster.events import get_bus
+    from cluster.features.qlib_bridge import build_dataset
+    from cluster.registry.artefacts import load_model
+    from cluster.training.engine import evaluate_segments
+    from cluster.training.registration import register_model
+    from tuning.trainable import MODEL_DIR
     checkpoint = best["result"].checkpoint
     if checkpoint is None:
         raise MlopsError(f"trial {best['trial_id']} has no checkpoint to register")
@@ -343,30 +444,22 @@ def _register_checkpoint(req, best, data, settings, name, lineage) -> dict:
         # the trial signed what it wrote: a file changed since is refused, not re-hashed
         files = verify_folder(Path(path), signing_key(settings), f"trial {best['trial_id']} "
                                                                  "checkpoint")
-        model = pickle.loads(files["model.pkl"])
+        model = load_model(Path(path) / MODEL_DIR, settings.registry.model_modules)
         report = json.loads(files["report.json"])
-    report["tune"] = {**lineage, "fold_valid_rank_ic": best["fold_valid_rank_ic"],
-                      METRIC: best[METRIC]}
     info = report.get("data", {})
-    registry = ModelRegistry.for_settings(settings)
-    flat = {f"{seg}_{k}": v for seg, m in report.get("metrics", {}).items()
-            for k, v in m.items() if isinstance(v, (int, float))}
-    version = registry.register(
-        name, model, report=report, config=report["model_config"], metrics=flat,
-        params=report.get("hyper_parameters"),
-        lineage=Lineage(data_version=data.data_version, feature_set=data.feature_set,
-                        config=report["model_config"], code_version=code_version(),
-                        segments=info.get("segments"), instruments=info.get("instruments"),
-                        training_run=report.get("run_id"), **lineage),
-        tags={"model_type": req.model_type,
-              "feature_columns": str(len(info.get("features", [])))},
-        artefacts=reference_artefacts(data.frame, info.get("segments") or {},
-                                      list(info.get("features", []))))
-    get_bus(settings.lake_dir).publish(ModelRegistered(
-        name=version.name, version=version.version, data_version=data.data_version,
-        feature_set=data.feature_set))
-    return {"registry_name": version.name, "version": version.version, "final": "checkpoint",
-            "training_run": report.get("run_id")}
+    dataset = build_dataset(data.frame, None, feature_columns=info.get("features"),
+                            horizon=settings.qlib.label_horizon)
+    held = evaluate_segments(model, dataset, None, settings.training.cost_bps, ("test",))
+    report["metrics"] = {**report.get("metrics", {}), "held_out_test": held.get("test")}
+    report["tune"] = {**lineage, "fold_rank_ic": best["fold_rank_ic"], METRIC: best[METRIC]}
+    out = {"registry_name": None, "version": None, "final": "checkpoint",
+           "training_run": report.get("run_id"),
+           "held_out": _held_out({"test": held.get("test")})}
+    if req.register:
+        version = register_model(settings, get_bus(settings.lake_dir), name, model, report,
+                                 data, model_type=req.model_type, lineage_extra=lineage)
+        out.update(registry_name=version.name, version=version.version)
+    return out
 
 
 def _write_meta(path: Path, meta: dict) -> None:

@@ -1,19 +1,27 @@
-"""The Tune trainable: one trial trains one config on every walk-forward fold,
-each fold through the training engine (the one training path of ``jobs.train``).
+"""The Tune trainable: one trial trains one config on every fold, each fold through
+the training engine (the one training path of ``jobs.train``).
+
+A fold holds three segments (``tuning.folds``): ``train``, ``valid`` -- the
+early-stopping window of an inner split -- and ``test``, the fold's scored days,
+which its early stopping never sees. So a trial's score is not the optimistic
+score of the days that picked its best iteration.
 
 What a trial reports (``ray.tune.report``), every batch of boosting rounds or
 every epoch, and once more with a checkpoint when a fold ends:
 
-- ``valid_rank_ic`` -- the trial's objective: the mean over folds of the valid
-  RankIC, where a finished fold counts with the engine's evaluation of its best
-  iteration and a running fold with its best RankIC so far; after the last
-  fold it is exactly the mean valid RankIC over folds;
+- ``selection_rank_ic`` -- the trial's objective: the mean daily RankIC over the
+  scored days of its finished folds (the folds weighted by their days, i.e. the
+  RankIC of the concatenated fold predictions); while a fold runs, its best
+  early-stopping RankIC so far stands in for it (ASHA's intermediate signal
+  only); after the last fold it is exactly the held-out mean over folds;
 - ``rounds`` -- boosting rounds (or epochs) spent so far over all folds: ASHA's
   time axis, and what the ASHA-vs-FIFO benchmark adds up;
-- ``valid_ic``, ``valid_loss`` of the running fold, ``folds_done``, ``fold``.
+- ``es_rank_ic``/``es_loss`` of the running fold's early-stopping window,
+  ``folds_done``, ``fold``; at the end ``fold_rank_ic`` (scored days per fold).
 
 Checkpoints are taken at fold boundaries (``state.json`` with the finished
-folds, ``model.pkl`` and ``report.json`` of the latest one): a trial resumed after
+folds, ``model/`` -- the model in library formats, never a pickle -- and
+``report.json`` of the latest one): a trial resumed after
 its driver was killed skips the folds it had finished. A fold is not resumed
 mid-way: boosting is restarted from round 0 (the engine has no warm start).
 
@@ -27,7 +35,6 @@ from __future__ import annotations
 
 import json
 import math
-import pickle
 import tempfile
 import time
 from dataclasses import dataclass
@@ -36,10 +43,10 @@ from pathlib import Path
 from cluster.config import Settings
 from cluster.models.zoo import spec
 
-METRIC = "valid_rank_ic"
+METRIC = "selection_rank_ic"
 MODE = "max"
 THREAD_PARAMS = ("num_threads", "nthread")  # LightGBM / XGBoost
-ARTEFACTS = ("model.pkl", "report.json")  # of the latest finished fold, in every checkpoint
+MODEL_DIR = "model"  # of the latest finished fold, with report.json, in every checkpoint
 
 
 @dataclass
@@ -77,18 +84,16 @@ def trial_resources(config: dict, *, model_type: str, n_folds: int, gpus: float 
 
 
 # --------------------------------------------------------------------------- folds
-def _row_rank_ic(row: dict, params: dict) -> float | None:
-    """RankIC of the running fold from one engine progress row, when it holds one."""
-    if row.get("valid_rank_ic") is not None:
-        return float(row["valid_rank_ic"])  # torch models report both
-    if params.get("early_stop_metric") == "rank_ic" and row.get("valid_ic") is not None:
-        return float(row["valid_ic"])  # trees: the watched metric is RankIC
-    return None
+def _row_rank_ic(row: dict) -> float | None:
+    """Early-stopping RankIC of the running fold from one engine progress row."""
+    value = row.get("valid_rank_ic")  # torch reports it every epoch; trees when they watch it
+    return None if value is None else float(value)
 
 
 def run_fold(data, setup: TrialSetup, config: dict, k: int, run_id: str, on_row=None):
     """Train fold ``k`` through the engine; returns (fold summary, artefacts) where the
-    artefacts are the pickled model and the engine's JSON report of the fold."""
+    artefacts are the model's files (library formats, under ``model/``) and the
+    engine's JSON report of the fold."""
     from cluster.events import EventBus
     from cluster.training.engine import TrainingEngine, TrainRequest
     if spec(setup.model_type).family == "torch":
@@ -96,17 +101,23 @@ def run_fold(data, setup: TrialSetup, config: dict, k: int, run_id: str, on_row=
         torch.set_num_threads(max(int(trial_cpus(setup.model_type, config)), 1))
     engine = TrainingEngine(setup.settings, EventBus(None), persist_events=False)
     request = TrainRequest(setup.model_type, params=dict(config), segments=setup.folds[k],
-                           feature_columns=setup.feature_columns, register=False)
+                           feature_columns=setup.feature_columns, register=False,
+                           eval_segments=("valid", "test"), importance=False)
     result = engine.run(request, data, run_id=run_id, epoch_callback=on_row,
                         raise_on_error=True)
     if result.state != "completed":
         raise RuntimeError(f"fold {k + 1} of {setup.model_type} ended {result.state}: "
                            f"{result.error}")
-    valid = result.metrics.get("valid", {})
-    summary = {"fold": k + 1, "valid_rank_ic": valid.get("rank_ic"), "valid_ic": valid.get("ic"),
-               "valid_loss": valid.get("mse"), "best_epoch": result.report.get("best_epoch"),
-               "epochs": int(result.report.get("total_epochs") or 1), "run_id": result.run_id}
-    blobs = {"model.pkl": pickle.dumps(result.model, protocol=pickle.HIGHEST_PROTOCOL),
+    scored, es = result.metrics.get("test", {}), result.metrics.get("valid", {})
+    unit = result.report.get("iteration_unit")
+    summary = {"fold": k + 1, "rank_ic": scored.get("rank_ic"), "ic": scored.get("ic"),
+               "days": int(scored.get("days") or 0), "loss": scored.get("mse"),
+               "es_rank_ic": es.get("rank_ic"),
+               "best_iteration": result.report.get(f"best_{unit}") if unit else 1,
+               "epochs": int(result.report.get(f"total_{unit}s") or 1) if unit else 1,
+               "run_id": result.run_id}
+    from cluster.registry.artefacts import model_files
+    blobs = {**model_files(result.model, MODEL_DIR),
              "report.json": json.dumps(result.report, default=str).encode()}
     return summary, blobs
 
@@ -159,35 +170,39 @@ class _Trial:
             state = json.loads(files["state.json"])
             self.done = {int(k): v for k, v in state["folds"].items()}
             self.model_fold = int(state.get("model_fold", -1))
-            self.blobs = {name: files[name] for name in ARTEFACTS if name in files}
+            self.blobs = {name: blob for name, blob in files.items()
+                          if name == "report.json" or name.startswith(MODEL_DIR + "/")}
 
     def metrics(self, row: dict | None = None, fold: int | None = None) -> dict:
-        estimates = [f["valid_rank_ic"] for f in self.done.values()]
-        estimates += [v["best"] for v in self.live.values() if v["best"] is not None]
-        finite = [e for e in estimates if e is not None and math.isfinite(e)]
+        done = [f for f in self.done.values()
+                if f["rank_ic"] is not None and math.isfinite(f["rank_ic"])]
+        weight = sum(max(f["days"], 1) for f in done)
+        total = sum(f["rank_ic"] * max(f["days"], 1) for f in done)
+        live = [v["best"] for v in self.live.values() if v["best"] is not None]
         out = {"rounds": sum(f["epochs"] for f in self.done.values())
                + sum(v["epoch"] for v in self.live.values()),
                "folds_done": len(self.done), "n_folds": self.n}
-        if finite:
-            out[METRIC] = sum(finite) / len(finite)
+        if done or live:
+            # a running fold stands in with its early-stopping best, weighted as one fold
+            per_fold = weight / len(done) if done else 1.0
+            out[METRIC] = (total + per_fold * sum(live)) / (weight + per_fold * len(live))
         if row is not None:
             out["fold"] = fold + 1
-            out["epoch"] = int(row.get("epoch") or 0)
+            out["epoch"] = int(row.get("round") or row.get("epoch") or 0)
             if row.get("valid_loss") is not None:
-                out["valid_loss"] = float(row["valid_loss"])
-            if row.get("valid_ic") is not None and \
-                    self.config.get("early_stop_metric") != "rank_ic":
-                out["valid_ic"] = float(row["valid_ic"])
+                out["es_loss"] = float(row["valid_loss"])
+            if _row_rank_ic(row) is not None:
+                out["es_rank_ic"] = _row_rank_ic(row)
         if len(self.done) == self.n:
-            out["fold_valid_rank_ic"] = [self.done[k]["valid_rank_ic"] for k in sorted(self.done)]
-            out["valid_ic"] = _mean([f["valid_ic"] for f in self.done.values()])
-            out["valid_loss"] = _mean([f["valid_loss"] for f in self.done.values()])
+            out["fold_rank_ic"] = [self.done[k]["rank_ic"] for k in sorted(self.done)]
+            out["fold_days"] = [self.done[k]["days"] for k in sorted(self.done)]
+            out["ic"] = _mean([f["ic"] for f in self.done.values()])
         return out
 
     def on_row(self, k: int, row: dict) -> dict | None:
         live = self.live.setdefault(k, {"epoch": 0, "best": None})
-        live["epoch"] = int(row.get("epoch") or live["epoch"])
-        ric = _row_rank_ic(row, self.config)
+        live["epoch"] = int(row.get("round") or row.get("epoch") or live["epoch"])
+        ric = _row_rank_ic(row)
         if ric is not None and math.isfinite(ric) and (live["best"] is None or ric > live["best"]):
             live["best"] = ric
         if ric is None and row.get("valid_loss") is None:
@@ -211,8 +226,8 @@ class _Trial:
                      "model_fold": self.model_fold, "model_type": self.setup.model_type,
                      "config": self.config, "time": time.time()}
             (Path(tmp) / "state.json").write_text(json.dumps(state, default=str))
-            for name, blob in self.blobs.items():
-                (Path(tmp) / name).write_bytes(blob)
+            from cluster.registry.artefacts import write_files
+            write_files(Path(tmp), self.blobs)
             # signed: registration and resume refuse a checkpoint changed on disk since
             from cluster.registry.signing import signing_key, write_manifest
             write_manifest(Path(tmp), ["state.json", *self.blobs],

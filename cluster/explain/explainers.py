@@ -65,14 +65,14 @@ class TreeContrib:
         x = _rows(x)
         m = self.model
         if self.kind == "lightgbm":
-            it = m.best_epoch or None
+            it = m.best_iteration or None
             # a few rows: one thread (OpenMP's start-up dominates, and spikes p99 on a
             # busy machine); many: the library's default pool
             threads = {"num_threads": 1} if len(x) < SMALL_BATCH else {}
             contrib = m.model.predict(x, pred_contrib=True, num_iteration=it, **threads)
         else:
             import xgboost as xgb
-            rounds = (0, m.best_epoch) if m.best_epoch else (0, 0)
+            rounds = (0, m.best_iteration) if m.best_iteration else (0, 0)
             contrib = m.model.predict(xgb.DMatrix(x, missing=np.nan), pred_contribs=True,
                                       iteration_range=rounds)
         contrib = np.asarray(contrib, dtype=np.float64)
@@ -90,9 +90,9 @@ class ShapTree:
         if hasattr(booster, "model_to_string"):     # LightGBM: only the trees it predicts with
             import lightgbm as lgb
             booster = lgb.Booster(model_str=booster.model_to_string(
-                num_iteration=model.best_epoch or None))
-        elif model.best_epoch:                      # XGBoost: slice to the best iteration
-            booster = booster[: model.best_epoch]
+                num_iteration=model.best_iteration or None))
+        elif model.best_iteration:                      # XGBoost: slice to the best iteration
+            booster = booster[: model.best_iteration]
         self.model = model
         self.explainer = shap.TreeExplainer(booster)
 
@@ -182,8 +182,14 @@ def _one_torch_thread():
 def explainer_for(model, features: list[str], background: np.ndarray | None,
                   method: str | None = None):
     """The explainer of a model from the zoo (``method="shap"`` for trees: shap's own)."""
+    from cluster.models.composite import EnsembleModel, RollingModel
     from cluster.models.gbdt import LightGBMModel, XGBoostModel
     from cluster.models.linear import LinearRidgeModel
+    if isinstance(model, RollingModel):   # what it answers for new dates: the latest step
+        return explainer_for(model.step_for(None), features, background, method)
+    if isinstance(model, EnsembleModel) and background is not None:
+        # rows scored against the background's cross-section, not each other's
+        return PermutationShap(model.against(background), features, background)
     if isinstance(model, (LightGBMModel, XGBoostModel)):
         return ShapTree(model) if method == "shap" else TreeContrib(model)
     if isinstance(model, LinearRidgeModel):

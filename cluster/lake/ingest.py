@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 def ingest(source: str, fmt: str = "auto", on_error: str | None = None, *,
            stocks: int = 50, days: int = 500, seed: int = 0,
-           regime_shift_at: float | None = None,
+           regime_shift_at: float | None = None, signal_ic: float | None = None,
            settings: Settings | None = None, bus: EventBus | None = None,
            show_progress: bool = False) -> dict:
     """Returns the JSON summary ``jobs.ingest`` prints. Raises DataError on refusal."""
@@ -40,7 +40,7 @@ def ingest(source: str, fmt: str = "auto", on_error: str | None = None, *,
     with progress_bar(total=units, desc=f"reading {fmt}", unit="file",
                       enabled=show_progress and units > 1) as bar:
         raw = read_source(source, fmt, stocks=stocks, days=days, seed=seed, progress=bar,
-                          regime_shift_at=regime_shift_at)
+                          regime_shift_at=regime_shift_at, signal_ic=signal_ic)
     checked = validate(raw, settings.ingest.range_tolerance)
     if on_error == "fail":
         error = first_error(raw, checked)
@@ -92,4 +92,6 @@ def ingest(source: str, fmt: str = "auto", on_error: str | None = None, *,
     if fmt == "synthetic":
         from cluster.sources.synthetic import regime_shift_day
         summary["regime_shift_day"] = regime_shift_day(days, regime_shift_at)
+        # the planted signal's theoretical daily RankIC (null: no planted signal)
+        summary["planted_rank_ic"] = None if signal_ic is None else float(signal_ic)
     return summary

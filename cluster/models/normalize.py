@@ -24,6 +24,20 @@ class RobustScaler:
         self.scale = np.nan_to_num(scale, nan=1.0)
         return self
 
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        if self.center is None:
+            raise ValueError("RobustScaler is not fitted")
+        return {"scaler_center": np.asarray(self.center, np.float64),
+                "scaler_scale": np.asarray(self.scale, np.float64),
+                "scaler_clip": np.asarray(self.clip, np.float64)}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict) -> "RobustScaler":
+        scaler = cls(float(arrays["scaler_clip"]))
+        scaler.center = np.asarray(arrays["scaler_center"], np.float64)
+        scaler.scale = np.asarray(arrays["scaler_scale"], np.float64)
+        return scaler
+
     def transform(self, x: np.ndarray) -> np.ndarray:
         if self.center is None:
             raise ValueError("RobustScaler is not fitted")

@@ -4,34 +4,32 @@
 segment of a ``DatasetH`` and validates on ``valid`` every epoch, ``predict``
 returns a ``pd.Series`` indexed (datetime, instrument) like Qlib's models. A
 subclass only builds its network (``_build_network``) and says whether it reads
-sequences (``SEQ_PARAM``, the name of its window-length parameter).
+sequences (``SEQ_PARAM``, the name of its window-length parameter). Windows are
+in :mod:`cluster.models.torch_windows`, permutation importance in
+:mod:`cluster.models.torch_importance`.
 
 Normalisation (kept inside the model, so ``predict`` on raw Alpha158 rows gives
 the same answers in any process): a :class:`~cluster.models.normalize.RobustScaler`
 fitted on the train segment's feature rows -- ``(x - median) / (1.4826 * MAD)``
 (std where the MAD is 0), clipped to +-3, NaN and +-inf -> 0.
 
-Sequence windows follow Qlib's ``TSDatasetH``: the sample of row (t, i) is the
-last ``seq_len`` rows of instrument i up to and including t (never a later row),
-in date order; rows before the instrument's first row are padding. Qlib pads
-with NaN; here the padding row is the scaled value of NaN, i.e. 0 (the training
-median). Windows count the instrument's own rows (a day on which the instrument
-has no row is skipped rather than padded). Windows of the valid/test segments
-reach back into earlier segments: they are built from the handler's infer data
-(``DK_I``) of every date up to the segment's last date. They are gathered per
-batch by integer indexing into one scaled, instrument-grouped array with a zero
-row at its end (:func:`panel_layout`, :func:`window_indices`); no Python loop
-runs per sample.
+Windows of the valid/test segments reach back into earlier segments: they are
+built from the handler's infer data (``DK_I``) of every date up to the segment's
+last date.
 
-Early stopping watches the valid IC (mean over dates of the daily cross-sectional
-Pearson correlation), RankIC (Spearman) or MSE (``early_stop_metric``), and the
-best epoch's weights are restored. ``reporter`` gets one dict per epoch;
-``stop_event.is_set()`` is checked between batches and ends the run with
-``TrainingStopped``. Pickles hold CPU tensors only.
+Early stopping: the one :class:`~cluster.training.early_stop.EarlyStopper` on the
+valid IC, RankIC or MSE (``early_stop_metric``) scored by the one
+:class:`~cluster.training.metrics.DailyScorer`; the best epoch's weights are
+restored. ``reporter`` gets one dict per epoch; ``stop_event.is_set()`` is checked
+between batches and ends the run with ``TrainingStopped``.
+
+Stored as a ``state_dict`` (read back with ``torch.load(weights_only=True)``), the
+scaler as plain arrays and the parameters as JSON; never pickled. (Pickling, which
+Ray uses to move a model between processes, holds CPU tensors only.)
 """
 from __future__ import annotations
 
-import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -42,15 +40,18 @@ from torch import nn
 
 from cluster.errors import TrainingStopped
 from cluster.models.normalize import RobustScaler
-from cluster.training.metrics import DailyIC
+from cluster.models.torch_windows import Panel, fit_windows, levels, panel_layout
+from cluster.training.early_stop import EarlyStopper
+from cluster.training.metrics import DailyScorer
 
 # Parameters every torch model accepts; a model's DEFAULT_PARAMS override them.
 BASE_PARAMS = dict(lr=0.001, n_epochs=100, batch_size=256, early_stop=15, dropout=0.1, seed=0,
                    device="auto", early_stop_metric="ic", weight_decay=0.0)
-EARLY_STOP_METRICS = ("ic", "rank_ic", "loss")
+EARLY_STOP_METRICS = DailyScorer.METRICS
 FEATURE_CLIP = 3.0       # scaled features are clipped to +-3
 GRAD_CLIP_VALUE = 3.0    # as Qlib's pytorch models: clip_grad_value_(params, 3.0)
 _SCALE_CHUNK = 65536     # rows scaled at a time (bounds the float64 temporaries)
+NET_FILE, SCALER_FILE = "net.pt", "scaler.npz"
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -60,100 +61,12 @@ def resolve_device(device: str | None) -> torch.device:
     return torch.device(device)
 
 
-# --------------------------------------------------------------------------- windows
-def _levels(index: pd.MultiIndex) -> tuple[pd.Index, pd.Index]:
-    names = list(index.names)
-    d = names.index("datetime") if "datetime" in names else 0
-    i = names.index("instrument") if "instrument" in names else 1
-    return index.get_level_values(d), index.get_level_values(i)
-
-
-def panel_layout(index: pd.MultiIndex) -> tuple[np.ndarray, np.ndarray]:
-    """Rows indexed (datetime, instrument) -> ``(order, starts)``.
-
-    ``order`` puts the rows grouped by instrument, each group in date order;
-    ``starts[k]`` is the position (in that order) of the first row of the group
-    that ordered row ``k`` belongs to.
-    """
-    if index.has_duplicates:
-        raise ValueError("feature rows must be unique per (datetime, instrument)")
-    dates, insts = _levels(index)
-    codes, _ = pd.factorize(insts)
-    order = np.lexsort((np.asarray(dates.values), codes))
-    c = codes[order]
-    n = len(c)
-    first = np.ones(n, dtype=bool)
-    first[1:] = c[1:] != c[:-1]
-    starts = np.maximum.accumulate(np.where(first, np.arange(n), 0)) if n else \
-        np.zeros(0, dtype=np.int64)
-    return order.astype(np.int64), starts.astype(np.int64)
-
-
-def window_indices(pos: np.ndarray, starts: np.ndarray, seq_len: int, pad: int) -> np.ndarray:
-    """Row numbers of the windows ending at ordered rows ``pos``: shape
-    ``(len(pos), seq_len)``, oldest first; ``pad`` where the instrument has no
-    earlier row (windows never cross into another instrument's rows)."""
-    pos = np.asarray(pos, dtype=np.int64)
-    idx = pos[:, None] - np.arange(seq_len - 1, -1, -1, dtype=np.int64)[None, :]
-    return np.where(idx >= starts[pos][:, None], idx, pad)
-
-
-def make_windows(values: np.ndarray, index: pd.MultiIndex, seq_len: int,
-                 fill: float = np.nan) -> np.ndarray:
-    """NumPy reference of the window building: ``(n_rows, seq_len, n_cols)`` windows
-    of every row of ``values`` (in the order of ``index``), padded with ``fill``."""
-    order, starts = panel_layout(index)
-    values = np.asarray(values)
-    data = np.concatenate([values[order], np.full((1,) + values.shape[1:], fill,
-                                                  dtype=np.result_type(values, type(fill)))])
-    pos = np.empty(len(order), dtype=np.int64)
-    pos[order] = np.arange(len(order))
-    return data[window_indices(pos, starts, seq_len, len(order))]
-
-
-class _Panel:
-    """Scaled feature rows grouped by instrument (date order) plus a zero pad row."""
-
-    def __init__(self, data: torch.Tensor, starts: np.ndarray, index: pd.MultiIndex):
-        self.data = data
-        self.starts = starts
-        self.index = index
-        self.pad = len(starts)
-
-    def locate(self, target: pd.Index) -> np.ndarray:
-        pos = self.index.get_indexer(target)
-        if (pos < 0).any():
-            missing = target[pos < 0][:3].tolist()
-            raise KeyError(f"rows {missing} are not in the feature history")
-        return pos.astype(np.int64)
-
-
-class _Scorer:
-    """Daily IC and RankIC of predictions against a fixed label."""
-
-    def __init__(self, index: pd.MultiIndex, y: np.ndarray):
-        dates, _ = _levels(index)
-        self.codes = pd.factorize(dates)[0]
-        self.y = np.asarray(y, dtype=np.float64)
-        self.ic = DailyIC(dates, self.y)
-        self.ric = DailyIC(dates, self._rank(self.y))
-
-    def _rank(self, v) -> np.ndarray:
-        return pd.Series(np.asarray(v, dtype=np.float64)).groupby(self.codes).rank().to_numpy()
-
-    def __call__(self, pred: np.ndarray) -> tuple[float, float, float]:
-        pred = np.asarray(pred, dtype=np.float64)
-        with np.errstate(all="ignore"):
-            loss = float(np.mean((pred - self.y) ** 2))
-        return loss, self.ic(pred), self.ric(self._rank(pred))
-
-
-# --------------------------------------------------------------------------- model
 class TorchModel(Model):
     """Base of the zoo's PyTorch models (see the module docstring)."""
 
     DEFAULT_PARAMS: dict = {}
     SEQ_PARAM: str | None = None  # e.g. "lookback" / "seq_len" for sequence models
+    iteration_unit = "epoch"
 
     def __init__(self, **params):
         super().__init__()
@@ -191,6 +104,15 @@ class TorchModel(Model):
     def seq_len(self) -> int:
         return int(self.params[self.SEQ_PARAM]) if self.SEQ_PARAM else 1
 
+    @property
+    def window_length(self) -> int:
+        """Rows per instrument a prediction reads (serving builds windows this long)."""
+        return self.seq_len
+
+    @property
+    def best_iteration(self) -> int:
+        return self.best_epoch
+
     def __getattr__(self, name):
         # parameters read as attributes (model.lr, model.hidden_size, ...)
         params = self.__dict__.get("params")
@@ -199,7 +121,7 @@ class TorchModel(Model):
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     # -- data -------------------------------------------------------------------
-    def _feature_frame(self, features: pd.DataFrame) -> pd.DataFrame:
+    def feature_frame(self, features: pd.DataFrame) -> pd.DataFrame:
         if isinstance(features.columns, pd.MultiIndex) and "feature" in \
                 features.columns.get_level_values(0):
             features = features["feature"]
@@ -217,7 +139,7 @@ class TorchModel(Model):
             out[s:s + _SCALE_CHUNK] = self.scaler.transform(values[s:s + _SCALE_CHUNK])
         return out
 
-    def _build_panel(self, features: pd.DataFrame, device) -> tuple[_Panel, np.ndarray]:
+    def build_panel(self, features: pd.DataFrame, device) -> tuple[Panel, np.ndarray]:
         """Scaled panel of ``features`` (already restricted to ``feature_names``) and
         each input row's position in it."""
         order, starts = panel_layout(features.index)
@@ -226,14 +148,11 @@ class TorchModel(Model):
         data[:-1] = self._scale(values)
         pos = np.empty(len(order), dtype=np.int64)
         pos[order] = np.arange(len(order))
-        panel = _Panel(torch.from_numpy(data).to(device), starts, features.index[order])
+        panel = Panel(torch.from_numpy(data).to(device), starts, features.index[order])
         return panel, pos
 
-    def _gather(self, panel: _Panel, pos: np.ndarray) -> torch.Tensor:
-        if not self.sequence:
-            return panel.data[torch.from_numpy(pos).to(panel.data.device)]
-        idx = window_indices(pos, panel.starts, self.seq_len, panel.pad)
-        return panel.data[torch.from_numpy(idx).to(panel.data.device)]
+    def _gather(self, panel: Panel, pos: np.ndarray) -> torch.Tensor:
+        return panel.gather(pos, self.seq_len if self.sequence else None)
 
     @staticmethod
     def _split(out):
@@ -246,17 +165,24 @@ class TorchModel(Model):
         if stop_event is not None and stop_event.is_set():
             raise TrainingStopped(f"training stopped ({where})")
 
-    def _run(self, net: nn.Module, panel: _Panel, pos: np.ndarray, stop_event=None,
-             where: str = "predicting") -> np.ndarray:
+    def _forward_batches(self, net: nn.Module, batches, n: int, stop_event=None,
+                         where: str = "predicting") -> np.ndarray:
         net.eval()
-        out = np.empty(len(pos), dtype=np.float32)
-        bs = max(int(self.params["batch_size"]), 1)
+        out = np.empty(n, dtype=np.float32)
         with torch.no_grad():
-            for s in range(0, len(pos), bs):
+            s = 0
+            for x in batches:
                 self._check_stop(stop_event, where)
-                pred, _ = self._split(net(self._gather(panel, pos[s:s + bs])))
-                out[s:s + bs] = pred.float().cpu().numpy()
+                pred, _ = self._split(net(x))
+                out[s:s + len(pred)] = pred.float().cpu().numpy()
+                s += len(pred)
         return out
+
+    def run_net(self, net: nn.Module, panel: Panel, pos: np.ndarray, stop_event=None,
+                where: str = "predicting") -> np.ndarray:
+        bs = max(int(self.params["batch_size"]), 1)
+        batches = (self._gather(panel, pos[s:s + bs]) for s in range(0, len(pos), bs))
+        return self._forward_batches(net, batches, len(pos), stop_event, where)
 
     def _seed(self) -> None:
         seed = int(self.params["seed"])
@@ -291,28 +217,27 @@ class TorchModel(Model):
 
         if self.sequence:
             # one panel serves both segments: windows only look back
-            last = max(_levels(train.index)[0].max(), _levels(valid.index)[0].max())
+            last = max(levels(train.index)[0].max(), levels(valid.index)[0].max())
             hist = dataset.handler.fetch(slice(None, last), col_set="feature",
                                          data_key=DataHandlerLP.DK_I)
             hist.columns = [str(c) for c in hist.columns]
-            panel_tr, _ = self._build_panel(self._feature_frame(hist), device)
+            panel_tr, _ = self.build_panel(self.feature_frame(hist), device)
             panel_va = panel_tr
             pos_tr, pos_va = panel_tr.locate(train.index), panel_tr.locate(valid.index)
             del hist
         else:
-            panel_tr, pos_tr = self._build_panel(train["feature"][self.feature_names], device)
-            panel_va, pos_va = self._build_panel(valid["feature"][self.feature_names], device)
+            panel_tr, pos_tr = self.build_panel(train["feature"][self.feature_names], device)
+            panel_va, pos_va = self.build_panel(valid["feature"][self.feature_names], device)
         del train["feature"], valid["feature"]
 
-        scorer = _Scorer(valid.index, y_va)
+        scorer = DailyScorer(levels(valid.index)[0], y_va)
         y_tr_t = torch.from_numpy(y_tr).to(device)
         net = self._build_network(self.n_features).to(device)
         opt = torch.optim.Adam(net.parameters(), lr=p["lr"], weight_decay=p["weight_decay"])
         rng = np.random.RandomState(int(p["seed"]))
-        n_epochs, bs, patience = int(p["n_epochs"]), max(int(p["batch_size"]), 1), \
-            int(p["early_stop"])
-        metric = p["early_stop_metric"]
-        best_score, best_state = -math.inf, None
+        n_epochs, bs = int(p["n_epochs"]), max(int(p["batch_size"]), 1)
+        stopper = EarlyStopper(int(p["early_stop"]))
+        best_state = None
         self.history, self.best_epoch, self.fitted = [], 0, False
 
         for epoch in range(1, n_epochs + 1):
@@ -337,19 +262,21 @@ class TorchModel(Model):
                 total += mse.detach().double() * len(batch)
             train_loss = float(total.item() / max(len(pos_tr), 1))
 
-            pred_va = self._run(net, panel_va, pos_va, stop_event, f"validating epoch {epoch}")
-            valid_loss, valid_ic, valid_ric = scorer(pred_va)
-            score = {"ic": valid_ic, "rank_ic": valid_ric, "loss": -valid_loss}[metric]
-            score = score if np.isfinite(score) else -math.inf
-            if best_state is None or score > best_score:
-                best_score, self.best_epoch = score, epoch
-                best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+            pred_va = self.run_net(net, panel_va, pos_va, stop_event,
+                                   f"validating epoch {epoch}")
             row = dict(epoch=epoch, n_epochs=n_epochs, train_loss=train_loss,
-                       valid_loss=valid_loss, valid_ic=valid_ic, valid_rank_ic=valid_ric)
+                       valid_loss=scorer.mse(pred_va), valid_ic=scorer.ic(pred_va),
+                       valid_rank_ic=scorer.rank_ic(pred_va))
+            score = {"ic": row["valid_ic"], "rank_ic": row["valid_rank_ic"],
+                     "loss": -row["valid_loss"]}[p["early_stop_metric"]]
+            improved, stop = stopper.update(epoch, score)
+            if improved:
+                self.best_epoch = epoch
+                best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
             self.history.append(row)
             if reporter is not None:
                 reporter(dict(row, best_epoch=self.best_epoch))
-            if epoch - self.best_epoch >= patience:
+            if stop:
                 break
 
         net.load_state_dict(best_state)
@@ -363,7 +290,7 @@ class TorchModel(Model):
         if not self.fitted or self.net is None:
             raise ValueError(f"{type(self).__name__} is not fitted yet")
 
-    def _ready_net(self) -> tuple[nn.Module, torch.device]:
+    def ready_net(self) -> tuple[nn.Module, torch.device]:
         self._require_fitted()
         device = resolve_device(self.params["device"])
         if device.type == "cuda" and not torch.cuda.is_available():
@@ -373,13 +300,13 @@ class TorchModel(Model):
         return self.net, device
 
     def _predict_targets(self, features: pd.DataFrame, target: pd.Index) -> pd.Series:
-        net, device = self._ready_net()
-        panel, pos = self._build_panel(self._feature_frame(features), device)
+        net, device = self.ready_net()
+        panel, pos = self.build_panel(self.feature_frame(features), device)
         if target is not None:
             pos = panel.locate(target)
         else:
             target = features.index
-        return pd.Series(self._run(net, panel, pos).astype(np.float64), index=target)
+        return pd.Series(self.run_net(net, panel, pos).astype(np.float64), index=target)
 
     def predict(self, dataset, segment="test", **_) -> pd.Series:
         self._require_fitted()
@@ -389,7 +316,7 @@ class TorchModel(Model):
             return pd.Series(dtype=np.float64, index=x.index)
         if not self.sequence:
             return self._predict_targets(x, None)
-        last = _levels(x.index)[0].max()
+        last = levels(x.index)[0].max()
         hist = dataset.handler.fetch(slice(None, last), col_set="feature",
                                      data_key=DataHandlerLP.DK_I)
         hist.columns = [str(c) for c in hist.columns]
@@ -404,45 +331,59 @@ class TorchModel(Model):
             return pd.Series(dtype=np.float64, index=features.index)
         return self._predict_targets(features, None)
 
+    def predict_window(self, windows: np.ndarray, dates=None) -> np.ndarray:
+        """Serving: one prediction per raw ``(n, L, F)`` window (oldest row first, the
+        last row the one predicted, NaN where there is no row). A sequence model reads
+        its last ``seq_len`` rows (NaN-padded at the front, as training pads); the others
+        read the last row."""
+        net, device = self.ready_net()
+        w = fit_windows(windows, self.seq_len)
+        n, length, f = w.shape
+        scaled = torch.from_numpy(self._scale(w.reshape(-1, f)).reshape(n, length, f)).to(device)
+        if not self.sequence:
+            scaled = scaled[:, -1, :]
+        bs = max(int(self.params["batch_size"]), 1)
+        return self._forward_batches(net, (scaled[s:s + bs] for s in range(0, n, bs)),
+                                     n).astype(np.float64)
+
     def permutation_importance(self, features: pd.DataFrame, label: pd.Series,
                                n_repeats: int = 1, seed: int = 0,
                                history: pd.DataFrame | None = None) -> pd.Series:
-        """Drop in the mean daily IC on the rows of ``features`` when one feature column
-        is shuffled, averaged over ``n_repeats`` shuffles; sorted descending.
+        """See :func:`cluster.models.torch_importance.permutation_importance`."""
+        from cluster.models.torch_importance import permutation_importance
+        return permutation_importance(self, features, label, n_repeats, seed, history)
 
-        Sequence models read each row's window from ``history`` when given (raw feature
-        rows up to the last date of ``features``, e.g. the handler's infer data), else
-        from ``features`` alone (windows padded at its start). The column is shuffled
-        across every row any window reads, so inside the windows too."""
-        net, device = self._ready_net()
-        features = self._feature_frame(features)
-        if self.sequence and history is not None:
-            panel, _ = self._build_panel(self._feature_frame(history), device)
-            pos = panel.locate(features.index)
-            used = np.unique(window_indices(pos, panel.starts, self.seq_len, panel.pad))
-            used = used[used != panel.pad]
-        else:
-            panel, pos = self._build_panel(features, device)
-            used = np.arange(panel.pad)
-        y = pd.Series(label).reindex(features.index).to_numpy(dtype=np.float64)
-        dates, _ = _levels(features.index)
-        ic = DailyIC(dates, y)
-        base = ic(self._run(net, panel, pos))
-        rng = np.random.RandomState(seed)
-        rows = torch.from_numpy(used).to(panel.data.device)
-        out = {}
-        for j, name in enumerate(self.feature_names):
-            column = panel.data[rows, j].clone()
-            drops = []
-            for _ in range(max(int(n_repeats), 1)):
-                perm = torch.from_numpy(rng.permutation(len(used))).to(panel.data.device)
-                panel.data[rows, j] = column[perm]  # scaling is per column: shuffle scaled
-                drops.append(base - ic(self._run(net, panel, pos)))
-            panel.data[rows, j] = column
-            out[name] = float(np.mean(drops))
-        return pd.Series(out, dtype=np.float64).sort_values(ascending=False)
+    # -- storage ------------------------------------------------------------------
+    def save_artefacts(self, directory: Path) -> dict:
+        from cluster.registry.artefacts import json_safe, save_arrays, save_state_dict
+        self._require_fitted()
+        save_state_dict(Path(directory) / NET_FILE, self.net.state_dict())
+        save_arrays(Path(directory) / SCALER_FILE, **self.scaler.to_arrays())
+        return json_safe({"params": self.params, "feature_names": self.feature_names,
+                          "n_features": self.n_features, "history": self.history,
+                          "best_epoch": self.best_epoch})
 
-    # -- pickling -------------------------------------------------------------------
+    @classmethod
+    def load_artefacts(cls, directory: Path, state: dict, **_):
+        from cluster.registry.artefacts import load_arrays, load_state_dict
+        model = cls(**state["params"])
+        model.feature_names = [str(f) for f in state["feature_names"]]
+        model.n_features = int(state["n_features"])
+        model.history = list(state.get("history", []))
+        model.best_epoch = int(state.get("best_epoch") or 0)
+        model.scaler = RobustScaler.from_arrays(load_arrays(Path(directory) / SCALER_FILE))
+        model._restore_net(load_state_dict(Path(directory) / NET_FILE))
+        return model
+
+    def _restore_net(self, net_state: dict) -> None:
+        with torch.random.fork_rng(devices=[]):  # building must not move the RNG
+            net = self._build_network(self.n_features)
+        net.load_state_dict(net_state)
+        net.eval()
+        self.net = net
+        self.fitted = True
+
+    # -- pickling (Ray moves models between processes this way; storage never does) --
     def __getstate__(self):
         state = {k: v for k, v in self.__dict__.items() if k != "net"}
         state["net_state"] = None if self.net is None else {
@@ -455,8 +396,6 @@ class TorchModel(Model):
         self.__dict__.update(state)
         self.net = None
         if net_state is not None:
-            with torch.random.fork_rng(devices=[]):  # building must not move the RNG
-                net = self._build_network(self.n_features)
-            net.load_state_dict(net_state)
-            net.eval()
-            self.net = net
+            fitted = self.fitted
+            self._restore_net(net_state)
+            self.fitted = fitted

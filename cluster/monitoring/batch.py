@@ -33,20 +33,12 @@ def model_features(registry, name: str, version: str, model=None) -> list[str]:
 
 
 def predict_frame(model, frame: pd.DataFrame, features: list[str]) -> np.ndarray:
-    """The model's predictions for feature rows (columns instrument, date, features)."""
-    if getattr(model, "sequence", False):
-        raise MlopsError("batch scoring of sequence models needs their history windows; "
-                         "not supported yet")
-    x = frame[features].to_numpy(np.float32)
-    if hasattr(model, "predict_array"):
-        return np.asarray(model.predict_array(x), dtype=np.float64).reshape(-1)
-    if hasattr(model, "predict_frame"):
-        index = pd.MultiIndex.from_arrays([pd.DatetimeIndex(frame["date"]),
-                                           frame["instrument"].astype(str)],
-                                          names=["datetime", "instrument"])
-        out = model.predict_frame(pd.DataFrame(x, index=index, columns=features))
-        return np.asarray(out, dtype=np.float64).reshape(-1)
-    raise MlopsError(f"{type(model).__name__} has no row-level prediction method")
+    """The model's predictions for feature rows (columns instrument, date, features):
+    the one prediction path of every model kind (``cluster.models.inputs``); a rolling
+    model picks each date's step, a sequence model reads each row's window from the
+    earlier rows of its instrument in ``frame`` (padded where ``frame`` starts)."""
+    from cluster.models.inputs import predict_frame_rows
+    return predict_frame_rows(model, frame, features)
 
 
 class Scorer:

@@ -1,14 +1,17 @@
 """The model registry on MLflow: lifecycle, lineage, integrity, compatibility, search.
 
 Each registered version is an MLflow model version backed by a run holding the
-artefacts (``model.pkl``, ``report.json``, ``config.json``), the metrics and
-the params. Our state lives in model-version tags:
+artefacts (``model/``, ``report.json``, ``config.json``), the metrics and the
+params. ``model/`` is an MLflow pyfunc model directory whose data is the model in
+its libraries' own formats (:mod:`cluster.registry.artefacts`, :mod:`cluster.registry.pyfunc`):
+nothing is ever unpickled on load. Our state lives in model-version tags:
 
 - ``mlops.state`` and one ``mlops.transition.NNNN`` tag per move (time, actor,
   reason); the aliases ``production``/``staging`` follow the state;
 - ``lineage.*``: data version, feature set, training config hash, code version,
   parent model, Tune experiment and trial;
-- ``sha256.<artefact>``: checked on every load, a changed byte is refused;
+- ``sha256.<artefact>``: checked on every load, a changed byte is refused
+  (``sha256.model`` covers every file of the model directory);
   ``mlops.signature`` signs them (HMAC, ``signing.py``), so a changed hash tag is
   refused too;
 - ``feature_set``: loading against another feature set is refused.
@@ -23,12 +26,12 @@ setting ``tracking_uri``. A database that cannot be reached raises
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
 import os
 import json
-import pickle
 import tempfile
 import threading
 import time
@@ -46,7 +49,8 @@ from cluster.registry.signing import IntegrityError  # noqa: F401 (raised from h
 log = logging.getLogger(__name__)
 
 EXPERIMENT = "mlops-models"
-ARTEFACTS = ("model.pkl", "report.json", "config.json")
+ARTEFACTS = ("model", "report.json", "config.json")
+MODEL_ARTEFACT = "model"   # a directory: the MLflow pyfunc model
 ALIASED_STATES = ("production", "staging")
 
 
@@ -79,13 +83,18 @@ class Lineage:
     segments: dict | None = None
     instruments: int | None = None
     training_run: str | None = None
+    features_version: int | None = None    # the features table version trained on
+    members: str | None = None             # an ensemble's member versions, "name/v,..."
 
     def to_tags(self) -> dict[str, str]:
         tags = {"lineage.data_version": str(self.data_version),
                 "lineage.feature_set": self.feature_set,
                 "lineage.config_sha256": _sha256(_canonical_json(self.config)),
                 "lineage.code_version": self.code_version}
-        for key in ("parent_model", "tune_experiment", "tune_trial_id", "training_run"):
+        if self.features_version is not None:
+            tags["lineage.features_version"] = str(self.features_version)
+        for key in ("parent_model", "tune_experiment", "tune_trial_id", "training_run",
+                    "members"):
             value = getattr(self, key)
             if value:
                 tags[f"lineage.{key}"] = str(value)
@@ -224,20 +233,11 @@ class ModelRegistry:
         ``artefacts``: further named blobs stored and hashed the same way (e.g. the
         training reference sample, ``cluster.monitoring.reference``)."""
         transition = make_transition(None, state, actor, reason)
+        features = _model_features(model, report)
         run = self.client.create_run(self.experiment_id, run_name=f"{name}-register",
                                      tags={"mlops.model_name": name})
         run_id = run.info.run_id
-        hashes = {}
-        with tempfile.TemporaryDirectory() as tmp:
-            blobs = {"model.pkl": pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL),
-                     "report.json": json.dumps(report, indent=2, default=str).encode(),
-                     "config.json": _canonical_json(config).encode(),
-                     **(artefacts or {})}
-            for fname, blob in blobs.items():
-                path = Path(tmp) / fname
-                path.write_bytes(blob)
-                hashes[fname] = _sha256(blob)
-                self.client.log_artifact(run_id, str(path))
+        hashes = self._log_artefacts(run_id, model, features, report, config, artefacts)
         for key, value in (metrics or {}).items():
             if value is not None and value == value:  # skip NaN
                 self.client.log_metric(run_id, key, float(value))
@@ -256,9 +256,31 @@ class ModelRegistry:
                 self.client.get_registered_model(name)
             except Exception:
                 self.client.create_registered_model(name, tags={"mlops.kind": "stock-model"})
-            mv = self.client.create_model_version(name, source=f"runs:/{run_id}/model.pkl",
+            mv = self.client.create_model_version(name, source=f"runs:/{run_id}/{MODEL_ARTEFACT}",
                                                   run_id=run_id, tags=version_tags)
         return self.get(name, mv.version)
+
+    def _log_artefacts(self, run_id: str, model: Any, features: list[str], report: dict,
+                       config: dict, artefacts: dict[str, bytes] | None = None
+                       ) -> dict[str, str]:
+        """Write the model (library formats, as an MLflow pyfunc directory), the report,
+        the config and further blobs to the run; returns each artefact's sha256."""
+        from cluster.registry.artefacts import tree_sha256
+        from cluster.registry.pyfunc import write_model_dir
+        hashes = {}
+        with tempfile.TemporaryDirectory() as tmp:
+            model_dir = Path(tmp) / MODEL_ARTEFACT
+            write_model_dir(model, features, model_dir, Path(tmp) / "staging")
+            hashes[MODEL_ARTEFACT] = tree_sha256(model_dir)
+            self.client.log_artifacts(run_id, str(model_dir), MODEL_ARTEFACT)
+            blobs = {"report.json": json.dumps(report, indent=2, default=str).encode(),
+                     "config.json": _canonical_json(config).encode(), **(artefacts or {})}
+            for fname, blob in blobs.items():
+                path = Path(tmp) / fname
+                path.write_bytes(blob)
+                hashes[fname] = _sha256(blob)
+                self.client.log_artifact(run_id, str(path))
+        return hashes
 
     # -- lifecycle ---------------------------------------------------------
     def state(self, name: str, version: str | int) -> str:
@@ -387,8 +409,9 @@ class ModelRegistry:
         lin = {k[len("lineage."):]: v for k, v in info.tags.items() if k.startswith("lineage.")}
         if "segments" in lin:
             lin["segments"] = json.loads(lin["segments"])
-        if "data_version" in lin:
-            lin["data_version"] = int(lin["data_version"])
+        for key in ("data_version", "features_version"):
+            if key in lin:
+                lin[key] = int(lin[key])
         lin["config"] = self.artefact_json(name, version, "config.json")
         lin["model_id"] = info.model_id
         return lin
@@ -447,17 +470,29 @@ class ModelRegistry:
     @_guarded
     def verify(self, name: str, version: str | int) -> dict[str, str]:
         """sha256 of every artefact, checked against registration; raises on a mismatch."""
-        return {a: _sha256(self._verified_bytes(name, version, a)) for a in ARTEFACTS}
+        from cluster.registry.artefacts import tree_sha256
+        out = {}
+        for a in ARTEFACTS:
+            if a == MODEL_ARTEFACT:
+                with self._verified_dir(name, version, a) as path:
+                    out[a] = tree_sha256(path)
+            else:
+                out[a] = _sha256(self._verified_bytes(name, version, a))
+        return out
 
     @_guarded
     def load(self, name: str, version: str | int, expected_feature_set: str | None = None):
-        """The model object, after integrity and (optionally) feature-set checks."""
+        """The model object, after integrity and (optionally) feature-set checks. The
+        model is rebuilt from its library-format files; nothing is unpickled."""
+        from cluster.registry.artefacts import load_model
+        from cluster.registry.pyfunc import model_data_dir
         info = self.get(name, version)
         if expected_feature_set is not None and info.feature_set != expected_feature_set:
             raise CompatibilityError(
                 f"model {info.model_id} was trained on feature set {info.feature_set!r}, "
                 f"not the current {expected_feature_set!r}; retrain it on the current features")
-        return pickle.loads(self._verified_bytes(name, version, "model.pkl"))
+        with self._verified_dir(name, version, MODEL_ARTEFACT) as path:
+            return load_model(model_data_dir(path), self._settings.registry.model_modules)
 
     @_guarded
     def search(self, name: str | None = None, state: str | None = None,
@@ -506,6 +541,28 @@ class ModelRegistry:
         signing.check(self.key, _signed_payload(mv.run_id, mv.tags, mv.tags.get("feature_set")),
                       mv.tags.get(signing.SIGNATURE_TAG), f"{mv.name}/{mv.version}")
 
+    @contextlib.contextmanager
+    def _verified_dir(self, name: str, version: str | int, artefact: str):
+        """A local copy of a directory artefact whose tree hash matches registration
+        (the signature over the hash tags checked first, as ``_verified_bytes`` does)."""
+        from cluster.registry.artefacts import tree_sha256
+        mv = self._mv(name, version)
+        expected = mv.tags.get(f"sha256.{artefact}")
+        if expected is None:
+            legacy = " (it was stored as a pickle, which is never loaded: retrain it)" \
+                if mv.tags.get("sha256.model.pkl") else ""
+            raise IntegrityError(f"{name}/{version} has no recorded sha256 for {artefact}"
+                                 + legacy)
+        self._check_signature(mv)
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(self.client.download_artifacts(mv.run_id, artefact, tmp))
+            actual = tree_sha256(local) if local.is_dir() else None
+            if actual != expected:
+                raise IntegrityError(
+                    f"{name}/{version}: {artefact} sha256 {str(actual)[:16]}... does not match "
+                    f"the recorded {expected[:16]}...; refusing to load it")
+            yield local
+
     def _verified_bytes(self, name: str, version: str | int, artefact: str) -> bytes:
         mv = self._mv(name, version)
         self._check_signature(mv)
@@ -520,6 +577,11 @@ class ModelRegistry:
             raise IntegrityError(f"{name}/{version}: {artefact} sha256 {actual[:16]}... does not "
                                  f"match the recorded {expected[:16]}...; refusing to load it")
         return blob
+
+
+def _model_features(model, report: dict) -> list[str]:
+    features = [str(f) for f in (getattr(model, "feature_names", None) or [])]
+    return features or [str(f) for f in (report.get("data") or {}).get("features", [])]
 
 
 def _sha256(blob: bytes | str) -> str:

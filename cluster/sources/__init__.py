@@ -58,17 +58,23 @@ def count_units(source: str, fmt: str) -> int:
 
 
 def read_source(source: str, fmt: str = "auto", *, stocks: int = 50, days: int = 500,
-                seed: int = 0, progress=None, regime_shift_at: float | None = None) -> RawBars:
+                seed: int = 0, progress=None, regime_shift_at: float | None = None,
+                signal_ic: float | None = None) -> RawBars:
     fmt = detect_format(source) if fmt == "auto" else fmt
     if regime_shift_at is not None and fmt != "synthetic":
         raise ValueError("--regime-shift-at applies to the synthetic source only")
+    if signal_ic is not None and fmt != "synthetic":
+        raise ValueError("--signal-ic applies to the synthetic source only")
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; one of {FORMATS}")
     if fmt == "synthetic":
-        frame = synthetic_market(stocks, days, seed, regime_shift_at=regime_shift_at)
+        frame = synthetic_market(stocks, days, seed, regime_shift_at=regime_shift_at,
+                                 signal_ic=signal_ic)
         label = f"synthetic(stocks={stocks},days={days},seed={seed})"
         if regime_shift_at is not None:
             label = label[:-1] + f",regime_shift_at={regime_shift_at:g})"
+        if signal_ic is not None:
+            label = label[:-1] + f",signal_ic={signal_ic:g})"
         frame["_file"] = label
         frame["_row"] = np.arange(len(frame), dtype=np.int64)
         return RawBars(frame=frame, kind="yahoo", source=label, row_kind={label: "row"}, files=1)

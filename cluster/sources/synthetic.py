@@ -5,6 +5,8 @@
 - one explicit *learnable signal* component of returns, predictable from past
   bars only: by default a weak weekly reversal (:func:`reversal_signal`), so
   there is something for a model to learn;
+- optionally a *planted* signal instead (``signal_ic=X``, see below) whose
+  theoretical daily RankIC is X: the only predictable part of returns;
 - optionally a regime shift (``regime_shift_at=F``): from trading day
   ``int(F * n_days)`` on, every volatility doubles and the learnable signal
   flips sign, so a model trained before it decays and its inputs drift;
@@ -12,6 +14,30 @@
 - occasional splits: raw prices drop by the ratio, and ``Adj Close`` is the
   raw close divided by the product of later split ratios, as Yahoo publishes
   it, so ``factor = Adj Close / Close`` is not always 1.
+
+Planted signal (``signal_ic=X``). Each stock's idiosyncratic return shock
+``u[i, t]`` is an AR process at lag two, ``u[t] = rho * u[t-2] + sqrt(1 - rho^2) *
+eps[t]`` (``u = eps`` on the first two days; ``eps`` iid N(0, 1)), so every ``u``
+is N(0, 1), stocks are independent, and ``rho * u[t-2]`` is the learnable component.
+Returns are ``ret[i, t] = market[t] + sigma[t] * u[i, t]``: one common market
+move (beta 1, no sector term) and one idiosyncratic volatility ``sigma[t]`` for all
+stocks (it still doubles in turbulent regimes), and the weekly reversal is off.
+The open is the previous close (no gap), so a day's return is in its bar
+(``KMID = close / open - 1``). The label of day t, ``close[t+2] / close[t+1] - 1 =
+exp(ret[t+2]) - 1``, ranks stocks exactly as ``u[t+2]``; the best predictor from
+bars up to t ranks them as ``u[t]`` (``E[u[t+2] | past] = rho * u[t]``, nothing else
+in the past adds to it). Each day's ``n`` pairs ``(u[i, t], u[i, t+2])`` are iid
+bivariate normal with correlation ``rho``, and the expected sample Spearman
+correlation of ``n`` such pairs is (Moran 1948)
+
+    E[RankIC] = 6 / (pi * (n + 1)) * (arcsin(rho) + (n - 2) * arcsin(rho / 2)),
+
+which tends to ``(6 / pi) * arcsin(rho / 2)`` for large n. :func:`planted_rho`
+solves it for ``rho`` so that the expected daily RankIC is exactly X for the
+number of stocks asked for (price rounding to cents aside). A model's mean daily
+RankIC over T test days scatters around at most X with a standard deviation of
+about ``1 / sqrt((n - 1) * T)`` (:func:`planted_rank_ic_sigma`, the null SD of a
+daily Spearman correlation, an upper bound for weak correlations).
 
 Market draws for day ``t`` come from a generator seeded by ``(seed, t)`` and
 each stock's draws from its own stream, so asking for one more day or one more
@@ -38,6 +64,54 @@ def reversal_signal(recent: np.ndarray) -> np.ndarray:
     return -(REVERSAL * recent.mean(axis=0))
 
 
+PLANTED_SIGMA = 0.0175   # idiosyncratic daily volatility of every stock, planted market
+
+
+def planted_rank_ic(rho: float, n_stocks: int) -> float:
+    """Expected daily sample RankIC of ``n_stocks`` iid pairs at correlation ``rho``."""
+    n = int(n_stocks)
+    return float(6.0 / (np.pi * (n + 1)) * (np.arcsin(rho) + (n - 2) * np.arcsin(rho / 2.0)))
+
+
+def planted_rho(signal_ic: float, n_stocks: int) -> float:
+    """The lag-two autocorrelation ``rho`` whose expected daily RankIC is ``signal_ic``."""
+    x = float(signal_ic)
+    if not 0.0 < x < 1.0:
+        raise ValueError(f"signal_ic must be in (0, 1), got {signal_ic}")
+    if int(n_stocks) < 3:
+        raise ValueError(f"a planted signal needs at least 3 stocks, got {n_stocks}")
+    lo, hi = 0.0, 1.0
+    for _ in range(80):              # planted_rank_ic is increasing in rho
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if planted_rank_ic(mid, n_stocks) < x else (lo, mid)
+    return (lo + hi) / 2
+
+
+def planted_rank_ic_sigma(n_stocks: int, days: int) -> float:
+    """About the standard deviation of a mean daily RankIC over ``days`` days."""
+    return float(1.0 / np.sqrt(max(int(n_stocks) - 1, 1) * max(int(days), 1)))
+
+
+class PlantedSignal:
+    """The planted learnable component: ``rho * u[t-2]`` of each stock's shock."""
+
+    def __init__(self, signal_ic: float, n_stocks: int):
+        self.rho = planted_rho(signal_ic, n_stocks)
+        self.history = np.zeros((2, n_stocks))   # u[t-1], u[t-2]
+        self.t = 0
+
+    def component(self) -> np.ndarray:
+        return self.rho * self.history[1] if self.t >= 2 else np.zeros(self.history.shape[1])
+
+    def shock(self, component: np.ndarray, eps: np.ndarray) -> np.ndarray:
+        """Today's unit-variance shock ``u[t]`` from the (possibly flipped) component."""
+        scale = np.sqrt(1.0 - self.rho ** 2) if self.t >= 2 else 1.0
+        u = component + scale * eps
+        self.history = np.vstack([u[None, :], self.history[:1]])
+        self.t += 1
+        return u
+
+
 def regime_shift_index(n_days: int, regime_shift_at: float | None) -> int | None:
     """First trading day (0-based) of the shifted regime, or None without a shift."""
     if regime_shift_at is None:
@@ -57,13 +131,17 @@ def regime_shift_day(n_days: int, regime_shift_at: float | None,
 
 def synthetic_market(n_stocks: int = 50, n_days: int = 500, seed: int = 0,
                      start: str = "2015-01-05",
-                     regime_shift_at: float | None = None) -> pd.DataFrame:
+                     regime_shift_at: float | None = None,
+                     signal_ic: float | None = None) -> pd.DataFrame:
     """Yahoo-format frame: Date, High, Low, Open, Close, Volume, Adj Close, Name.
 
     ``regime_shift_at=F``: from day ``int(F * n_days)`` on, volatility doubles (market,
-    sector and idiosyncratic) and the learnable signal flips sign."""
+    sector and idiosyncratic) and the learnable signal flips sign.
+    ``signal_ic=X``: the planted signal of theoretical daily RankIC X replaces the
+    weekly reversal (see the module docstring)."""
     if n_stocks < 1 or n_days < 1:
         raise ValueError("n_stocks and n_days must be positive")
+    planted = PlantedSignal(signal_ic, n_stocks) if signal_ic is not None else None
     shift_at = regime_shift_index(n_days, regime_shift_at)
     days = trading_days(n_days, start)
     p = _stock_params(n_stocks, seed)
@@ -93,11 +171,17 @@ def synthetic_market(n_stocks: int = 50, n_days: int = 500, seed: int = 0,
         wick = np.abs(np.vstack([wick_hi, wick_lo]))
         split_ratio = np.array([2.0, 3.0, 1.5])[np.minimum((split_pick * 3).astype(int), 2)]
 
-        signal = reversal_signal(recent)
-        if shifted:
-            signal = -signal
-        ret = (p["beta"] * market + p["sector_beta"] * sectors[p["sector"]]
-               + signal + p["idio"] * vol_mult * eps)
+        if planted is None:
+            signal = reversal_signal(recent)
+            if shifted:
+                signal = -signal
+            ret = (p["beta"] * market + p["sector_beta"] * sectors[p["sector"]]
+                   + signal + p["idio"] * vol_mult * eps)
+        else:
+            signal = planted.component()
+            if shifted:
+                signal = -signal
+            ret = market + PLANTED_SIGMA * vol_mult * planted.shock(signal, eps)
         ret = np.clip(ret, -0.5, 0.5)
         recent = np.roll(recent, 1, axis=0)
         recent[0] = ret
@@ -108,7 +192,7 @@ def synthetic_market(n_stocks: int = 50, n_days: int = 500, seed: int = 0,
         shares_mult *= ratio
         base = prev_close / ratio
         sigma = p["idio"] * vol_mult
-        o = base * np.exp(0.3 * sigma * gap_z)
+        o = base * np.exp(0.3 * sigma * gap_z) if planted is None else base
         c = base * np.exp(ret)
         h = np.maximum(o, c) * np.exp(0.5 * sigma * wick[0])
         lo = np.minimum(o, c) * np.exp(-0.5 * sigma * wick[1])

@@ -24,7 +24,7 @@ from qlib.data.dataset.handler import DataHandlerLP
 
 from cluster.config import Settings, get_settings
 from cluster.errors import MlopsError, TrainingStopped
-from cluster.events import EventBus, ModelRegistered, TrainingProgress, get_bus
+from cluster.events import EventBus, TrainingProgress, get_bus
 from cluster.features.qlib_bridge import build_dataset, default_segments
 from cluster.models.zoo import model_config, spec
 from cluster.training.metrics import evaluate
@@ -46,6 +46,9 @@ class TrainRequest:
     registry_name: str | None = None
     topk: int | None = None
     importance_max_dates: int = 60
+    eval_segments: tuple[str, ...] | None = None   # default: every segment
+    importance: bool = True
+    keep_predictions: bool = False     # TrainResult.predictions: per segment, with labels
 
     @property
     def name(self) -> str:
@@ -63,6 +66,7 @@ class TrainResult:
     registry_name: str | None = None
     version: str | None = None
     error: str | None = None
+    predictions: dict | None = None    # segment -> DataFrame(pred, label, raw)
 
 
 @dataclass
@@ -95,6 +99,7 @@ class TrainingEngine:
         flag = stop_event if stop_event is not None else StopFlag(run_id, runs_dir)
         model = None
         result_metrics: dict = {}
+        predictions: dict | None = {} if request.keep_predictions else None
         try:
             with flag if isinstance(flag, StopFlag) else _nullcontext():
                 self._stage(report, "preparing")
@@ -116,16 +121,17 @@ class TrainingEngine:
                 self._stage(report, "training")
                 on_epoch = self._epoch_reporter(report, epoch_callback)
                 model.fit(dataset, reporter=on_epoch, stop_event=flag)
-                report["total_epochs"] = len(getattr(model, "history", []) or report["history"])
-                report["best_epoch"] = int(getattr(model, "best_epoch", 0) or 0)
+                report.update(iterations(model, report["history"]))
                 if getattr(model, "history", None):
                     report["history"] = _clean(model.history)
 
                 self._stage(report, "evaluating")
-                result_metrics = self._evaluate(model, dataset, request.topk)
+                result_metrics = evaluate_segments(model, dataset, request.topk,
+                                                   self.settings.training.cost_bps,
+                                                   request.eval_segments, predictions)
                 report["metrics"] = result_metrics
                 report["feature_importance"] = _importance(
-                    model, dataset, request.importance_max_dates)
+                    model, dataset, request.importance_max_dates) if request.importance else {}
                 report["duration_seconds"] = round(time.time() - started, 3)
                 report["status"] = "completed"
                 self._stage(report, "completed")
@@ -139,7 +145,8 @@ class TrainingEngine:
                 raise
         path = self._write_report(report)
         result = TrainResult(run_id, report["status"], model, report, path, result_metrics,
-                             error=report.get("error", {}).get("message"))
+                             error=report.get("error", {}).get("message"),
+                             predictions=predictions)
         if report["status"] == "completed" and request.register:
             info = self._register(request, model, report, data, lineage_extra)
             result.registry_name, result.version = info.name, info.version
@@ -166,11 +173,15 @@ class TrainingEngine:
         def on_epoch(row: dict) -> None:
             row = _clean([row])[0]
             report["history"].append(row)
-            n = max(int(row.get("n_epochs") or 1), 1)
-            pct = 15.0 + 70.0 * min(int(row.get("epoch") or 0) / n, 1.0)
-            self._publish(report, "training", pct, epoch=row.get("epoch"), n_epochs=n,
-                          train_loss=row.get("train_loss"), valid_loss=row.get("valid_loss"),
-                          valid_ic=row.get("valid_ic"))
+            # boosting rounds (trees), epochs (torch) or one closed-form fit (linear)
+            unit = next((u for u in ("round", "epoch") if u in row), None)
+            n = max(int(row.get(f"n_{unit}s") or 1), 1) if unit else 1
+            step = int(row.get(unit) or 0) if unit else 1
+            pct = 15.0 + 70.0 * min(step / n, 1.0)
+            progress = {unit: step, f"n_{unit}s": n} if unit else {}
+            self._publish(report, "training", pct, train_loss=row.get("train_loss"),
+                          valid_loss=row.get("valid_loss"),
+                          valid_ic=row.get("valid_ic", row.get("valid_rank_ic")), **progress)
             if extra is not None:
                 extra(row)
         return on_epoch
@@ -188,15 +199,6 @@ class TrainingEngine:
         report["duration_seconds"] = round(time.time() - started, 3)
         self._stage(report, "failed", message=f"{reason}: {message}")
 
-    def _evaluate(self, model, dataset, topk) -> dict:
-        out = {}
-        for segment in dataset.segments:
-            pred = model.predict(dataset, segment=segment)
-            learn = dataset.prepare(segment, col_set="label", data_key=DataHandlerLP.DK_L)
-            raw = dataset.prepare(segment, col_set="label", data_key=DataHandlerLP.DK_I)
-            out[segment] = _clean([evaluate(pred, learn.iloc[:, 0], raw.iloc[:, 0], topk)])[0]
-        return out
-
     def _write_report(self, report: dict) -> Path:
         path = self.settings.home / "reports" / f"{report['run_id']}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -204,31 +206,10 @@ class TrainingEngine:
         return path
 
     def _register(self, request, model, report, data: FeatureData, extra: dict | None):
-        from cluster.monitoring.reference import reference_artefacts
-        from cluster.registry.store import Lineage, ModelRegistry, code_version
-        extra = dict(extra or {})
-        lineage = Lineage(data_version=data.data_version, feature_set=data.feature_set,
-                          config=report["model_config"], code_version=code_version(),
-                          segments=report["data"]["segments"],
-                          instruments=report["data"]["instruments"],
-                          training_run=report["run_id"], **extra)
-        flat = {f"{seg}_{k}": v for seg, m in report["metrics"].items() for k, v in m.items()
-                if isinstance(v, (int, float))}
-        registry = ModelRegistry(home=self.settings.home,
-                                 tracking_uri=self.settings.tracking_uri)
-        info = registry.register(request.name, model, lineage=lineage, report=report,
-                                 config=report["model_config"], metrics=flat,
-                                 params=report["hyper_parameters"],
-                                 tags={"model_type": request.model_type,
-                                       "feature_columns": str(len(report["data"]["features"]))},
-                                 artefacts=reference_artefacts(data.frame,
-                                                               report["data"]["segments"],
-                                                               report["data"]["features"]))
-        self.bus.publish(ModelRegistered(name=info.name, version=info.version,
-                                         data_version=data.data_version,
-                                         feature_set=data.feature_set),
-                         persist=self.persist_events)
-        return info
+        from cluster.training.registration import register_model
+        return register_model(self.settings, self.bus, request.name, model, report, data,
+                              model_type=request.model_type, lineage_extra=extra,
+                              persist_events=self.persist_events)
 
 
 class _nullcontext:
@@ -237,6 +218,48 @@ class _nullcontext:
 
     def __exit__(self, *exc):
         return None
+
+
+def iterations(model, history: list | None = None) -> dict:
+    """What the report says about iterations: boosting rounds for trees, epochs for
+    torch models, nothing for a closed-form fit."""
+    unit = getattr(model, "iteration_unit", None)
+    if unit is None:
+        return {"iteration_unit": None}
+    total = len(getattr(model, "history", None) or history or [])
+    return {"iteration_unit": unit, f"total_{unit}s": total,
+            f"best_{unit}": int(getattr(model, "best_iteration", 0) or 0)}
+
+
+def segment_predictions(model, dataset, segment: str) -> pd.DataFrame:
+    """``pred`` of ``model`` on one segment beside ``label`` (the learning label, z-scored
+    per day) and ``raw`` (the realised return), indexed (datetime, instrument)."""
+    pred = model.predict(dataset, segment=segment)
+    learn = dataset.prepare(segment, col_set="label", data_key=DataHandlerLP.DK_L)
+    raw = dataset.prepare(segment, col_set="label", data_key=DataHandlerLP.DK_I)
+    return pd.DataFrame({"pred": pred, "label": learn.iloc[:, 0].reindex(pred.index),
+                         "raw": raw.iloc[:, 0].reindex(pred.index)})
+
+
+def evaluate_frame(frame: pd.DataFrame, topk=None, cost_bps: float = 0.0) -> dict:
+    """Metrics of a :func:`segment_predictions` frame (IC vs the learning label, the
+    backtest on the raw label: realised returns)."""
+    return _clean([evaluate(frame["pred"], frame["label"], frame["raw"], topk, cost_bps)])[0]
+
+
+def evaluate_segments(model, dataset, topk=None, cost_bps: float = 0.0,
+                      segments=None, keep: dict | None = None) -> dict:
+    """Metrics of ``model`` on each segment of ``dataset``; ``keep`` (a dict) receives
+    each segment's predictions and labels."""
+    out = {}
+    for segment in segments or dataset.segments:
+        if segment not in dataset.segments:
+            continue
+        frame = segment_predictions(model, dataset, segment)
+        out[segment] = evaluate_frame(frame, topk, cost_bps)
+        if keep is not None:
+            keep[segment] = frame
+    return out
 
 
 def load_features(settings: Settings) -> FeatureData:

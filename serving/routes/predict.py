@@ -28,24 +28,34 @@ FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 
 
 class PredictRequest(BaseModel):
-    """Either ``instruments`` + ``date`` (features read from the lake) or ``rows``."""
+    """Either ``instruments`` + ``date`` (features read from the lake), ``rows``, or
+    ``windows`` (sequence models: each instrument's recent rows)."""
     instruments: list[str] | None = Field(None, examples=[["AAPL", "MSFT"]])
-    date: dt.date | None = Field(None, examples=["2024-03-28"])
+    date: dt.date | None = Field(None, examples=["2024-03-28"],
+                                 description="with instruments: the date read; with rows or "
+                                             "windows (optional): the date they are of, which "
+                                             "picks a rolling version's step")
     rows: list[dict[str, FiniteFloat | None]] | None = Field(
         None, description="feature rows, one object per row: {feature: value}; values are "
                           "finite numbers or null (missing)")
+    windows: list[list[dict[str, FiniteFloat | None]]] | None = Field(
+        None, description="one window per prediction: an instrument's feature rows, oldest "
+                          "first, the row predicted last (a sequence model reads its last "
+                          "lookback/seq_len rows; shorter windows are padded as in training)")
     key: str | None = Field(None, description="sticky key: the same key always gets the same "
                                               "version for the life of an experiment")
     data_version: int | None = Field(None, description="data version the posted rows came from")
 
     @model_validator(mode="after")
     def _one_input(self):
-        if (self.instruments is None) == (self.rows is None):
-            raise ValueError("give either instruments (with date) or rows")
+        if sum(x is not None for x in (self.instruments, self.rows, self.windows)) != 1:
+            raise ValueError("give either instruments (with date), rows or windows")
         if self.instruments is not None and self.date is None:
             raise ValueError("instruments need a date (YYYY-MM-DD)")
         if self.rows is not None and not self.rows:
             raise ValueError("rows is empty")
+        if self.windows is not None and (not self.windows or not all(self.windows)):
+            raise ValueError("windows is empty or holds an empty window")
         return self
 
 
@@ -110,10 +120,16 @@ def router(ctx: ApiContext) -> APIRouter:
                 [dict(e, loc=("body", *e["loc"])) for e in exc.errors(include_url=False)]) \
                 from None
         key = body.key or headers.get("x-sticky-key") or headers.get("x-client-id")
-        if body.rows is not None:
-            if len(body.rows) > max_rows:
-                raise _too_many("rows", len(body.rows), max_rows)
-            answer = await runtime.predict_rows_async(body.rows, key, body.data_version)
+        if body.instruments is None:
+            field = "rows" if body.rows is not None else "windows"
+            given = body.rows if body.rows is not None else body.windows
+            n = len(given) if body.rows is not None else sum(len(w) for w in given)
+            if n > max_rows:   # a window's rows count against the same limit
+                raise RequestValidationError([{"loc": ("body", field), "type": "too_long",
+                                               "msg": f"{field} hold {n} rows; at most "
+                                                      f"{max_rows} (api.max_rows)"}])
+            answer = await runtime.predict_rows_async(body.rows, key, body.data_version,
+                                                      body.date, body.windows)
             payload = {"version": answer.version, "predictions": answer.predictions}
         else:
             t0 = time.perf_counter()
