@@ -2,11 +2,14 @@
 
     python bench/console.py [--home DIR] [--repeat 5] [--stocks 60 --days 750]
 
-Without ``--home`` it first runs the main job (``jobs.pipeline``, by default the
-README's 60 stocks x 750 days) in a temporary ``MLOPS_HOME``; with ``--home`` it uses
-the data a ``python3 dev.py pipeline`` left there. The app is the API's ``create_app``
-on an in-process control plane with the newest registered model deployed, served by
-uvicorn on loopback; the browser is Debian's chromium through Playwright, headless.
+Without ``--home`` it builds, in a temporary ``MLOPS_HOME``, what the browser tests
+show (``tests.console_support.build_demo``) at the README's scale: the main job
+(``jobs.pipeline --monitor --regime-shift-at 0.7``, 60 stocks x 750 days), a second
+version, the first deployed and an A/B test of the two served on 30 days, a second
+data version. With ``--home`` it uses the data a ``python3 dev.py pipeline --monitor``
+left there and deploys the newest version. The app is the API's ``create_app`` on an
+in-process control plane, served by uvicorn on loopback; the browser is Debian's
+chromium through Playwright, headless.
 
 Per page, in the same run:
   cold: a fresh browser context (empty cache) opening the page: ms from navigation
@@ -75,26 +78,27 @@ def main(argv=None) -> None:
         args.home = Path(tmp.name)
     os.environ["MLOPS_HOME"] = str(args.home.resolve())
     os.environ.pop("MLOPS_CONFIG", None)
-    from tests.console_support import (ConsoleServer, chromium_browser, find_chromium,
-                                       open_tab, tokens_env)
+    from tests.console_support import (ConsoleServer, build_demo, chromium_browser,
+                                       find_chromium, open_tab, tokens_env)
     os.environ["MLOPS_API_TOKENS"] = tokens_env()
+    os.environ["MLOPS_QUEUE__DASHBOARD_ADDRESS"] = "http://127.0.0.1:9"   # no jobs here
     from cluster.config import get_settings, reset_settings
     from cluster.registry.store import ModelRegistry
     from serving.console import MENU
     reset_settings()
-    if tmp is not None:
-        from jobs.pipeline import main as pipeline
-        print(f"running the main job ({args.stocks} stocks x {args.days} days)", file=sys.stderr)
-        pipeline(["--stocks", str(args.stocks), "--days", str(args.days)])
     settings = get_settings()
-    newest = _newest_model(ModelRegistry.for_settings(settings))
     chromium, why = find_chromium()
     if chromium is None:
         raise SystemExit(why)
     rows = []
     with ConsoleServer(settings) as server, chromium_browser(chromium) as browser:
-        server.deploy(newest)
-        server.wait_state(("promoted",))
+        if tmp is not None:
+            print(f"building the demo ({args.stocks} stocks x {args.days} days)", file=sys.stderr)
+            build_demo(server, ["--stocks", str(args.stocks), "--days", str(args.days),
+                                "--local"])
+        else:
+            server.deploy(_newest_model(ModelRegistry.for_settings(settings)))
+            server.wait_state(("promoted",))
         pages = [("shell", "/login")] + [(p.key, p.path) for p in MENU]
         warm_tab = open_tab(browser, server.url, "viewer")
         for key, path in pages:     # first visit of each page fills the cache

@@ -53,11 +53,12 @@ const RANK = { viewer: 1, operator: 2, admin: 3 };
 export function can(least) { return (RANK[role()] || 0) >= RANK[least]; }
 
 // Disable the buttons a role may not press: [data-needs="operator"]. The API refuses
-// them as well; this only keeps a viewer from trying.
+// them as well; this only keeps a viewer from trying. [data-off] keeps a button off
+// for everyone (nothing to act on).
 export function applyRole(root = document) {
   for (const el of root.querySelectorAll("[data-needs]")) {
     const ok = can(el.dataset.needs);
-    el.disabled = !ok;
+    el.disabled = !ok || el.hasAttribute("data-off");
     if (!ok) el.title = `needs the ${el.dataset.needs} role (you are ${role() || "signed out"})`;
   }
 }

@@ -38,6 +38,8 @@ export function drawDeployments(status) {
 async function deployments() {
   const status = await api("/api/deployments");
   drawDeployments(status);
+  const live = document.querySelector('[data-kpi="live"] .value');
+  if (live) live.textContent = fmt(Object.keys(((status.deployments || [])[0] || {}).split || {}).length);
   return status;
 }
 
@@ -78,6 +80,8 @@ async function perHour() {
 async function alerts() {
   const active = await fetchAlerts("?state=raised");
   replace("#dash-alerts", alertsTable(active, { onAck: alerts }));
+  const count = document.querySelector('[data-kpi="alerts"] .value');
+  if (count) count.textContent = fmt(active.length);
   return active;
 }
 

@@ -2,6 +2,7 @@
 // the verdict; start and stop (operator).
 import { api, applyRole } from "../api.js";
 import { line, plot } from "../charts.js";
+import { EventStream } from "../events.js";
 import { modelChoices } from "../models.js";
 import { sections, startPage } from "../page.js";
 import { $, badge, el, fields, fmt, kpi, notice, pct, replace, table } from "../ui.js";
@@ -16,8 +17,11 @@ async function live() {
     table(Object.entries(d.split || {}).map(([version, share]) => ({ version, share })),
           [["version", "arm"], ["share", "share", v => pct(v)]], { empty: "nothing deployed" }));
   const running = d.rollout && !["promoted", "rolled_back", "failed"].includes(d.state);
-  $("#ab-stop-keep").dataset.live = running ? "1" : "";
-  $("#ab-stop-promote").dataset.live = running ? "1" : "";
+  for (const b of [$("#ab-stop-keep"), $("#ab-stop-promote")]) {
+    b.toggleAttribute("data-off", !running);
+    b.title = running ? "" : "no experiment is running";
+  }
+  applyRole($("#ab-live").parentElement);
 }
 
 async function candidates() {
@@ -88,4 +92,5 @@ startPage(async () => {
     `/api/deployments/${deployment.deployment}/promote`, { reason: "A/B test ended in the console" },
     "stopped: the candidate is promoted"));
   applyRole();
+  new EventStream({ types: ["deployment_changed"] }).on("deployment_changed", () => live());
 });

@@ -3,6 +3,7 @@
 import { api, ApiError } from "../api.js";
 import { alertsTable, fetchAlerts } from "../alerts.js";
 import { line, plot, purge } from "../charts.js";
+import { EventStream } from "../events.js";
 import { modelChoices } from "../models.js";
 import { sections, startPage } from "../page.js";
 import { $, el, kpi, replace } from "../ui.js";
@@ -90,4 +91,6 @@ startPage(async () => {
   $("#drift-measure").addEventListener("change", drawDrift);
   if (choices.length) await load(select.value);
   else await alerts();
+  new EventStream({ types: ["alert_raised", "alert_resolved"] })
+    .on("alert_raised", () => alerts()).on("alert_resolved", () => alerts());
 });
