@@ -223,17 +223,14 @@ def _serve(client, plane, runtime, model_id: str) -> None:
 
 
 def _pyfunc(settings, model_id: str):
+    """``mlflow.pyfunc.load_model("models:/NAME/V")`` against this home's registry (the
+    URIs from the environment, so no global MLflow state outlives the call)."""
     import mlflow
     name, version = model_id.split("/")
-    uri = settings.registry_uri
-    before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", settings.registry_uri)
+        mp.setenv("MLFLOW_REGISTRY_URI", settings.registry_uri)
         return mlflow.pyfunc.load_model(f"models:/{name}/{version}")
-    finally:
-        mlflow.set_tracking_uri(before[0])
-        mlflow.set_registry_uri(before[1])
 
 
 def _history_rows(table: pd.DataFrame, instruments: list[str], date) -> pd.DataFrame:

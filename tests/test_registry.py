@@ -238,14 +238,10 @@ def test_every_version_is_an_mlflow_pyfunc_model_with_a_signature(registry):
     import pandas as pd
     info = registry.register("pyfunc", tiny_model(2.0), lineage=lineage(), report={},
                              config={})
-    before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    mlflow.set_tracking_uri(registry.uri)
-    mlflow.set_registry_uri(registry.uri)
-    try:
+    with pytest.MonkeyPatch.context() as mp:   # no global MLflow state left behind
+        mp.setenv("MLFLOW_TRACKING_URI", registry.uri)
+        mp.setenv("MLFLOW_REGISTRY_URI", registry.uri)
         loaded = mlflow.pyfunc.load_model(f"models:/pyfunc/{info.version}")
-    finally:
-        mlflow.set_tracking_uri(before[0])
-        mlflow.set_registry_uri(before[1])
     names = [c.name for c in loaded.metadata.get_input_schema().inputs]
     assert names[:3] == ["a", "b", "c"] and {"datetime", "instrument"} <= set(names)
     rows = pd.DataFrame(np.random.default_rng(1).normal(size=(5, 3)), columns=["a", "b", "c"])
