@@ -12,7 +12,10 @@ start). Two lakes take the same days interleaved: one never maintained, one with
 ``jobs.maintain`` (every step) every ``--maintain-every`` days.
 
 Printed at day 1, D/2 and D for each lake (each figure also as the median of the
-five days ending there: the machine is shared, so single days are noisy): ingest
+five days ending there: the machine is shared, so single days are noisy), and again
+"replayed": at the end, day 1, D/2 and D are run three more times each, interleaved,
+from copies of the lakes as they were before those days, so that the three are
+measured under the same load (the ratios worth reading on a shared machine): ingest
 seconds, incremental feature seconds (wall and CPU: the CPU time of this process
 moves less with the other load on a shared machine), one-instrument bars read ms (what ``jobs.data
 show --instrument X`` reads: open + pruned scan), table open ms per table, and
@@ -54,12 +57,13 @@ def day_files(frame, date_column: str, days: int, work: Path):
 
 
 class Lake:
-    def __init__(self, root: Path, name: str, maintain_every: int | None):
+    def __init__(self, root: Path, name: str, maintain_every: int | None,
+                 home: Path | None = None):
         from cluster.config import load_settings
         from cluster.events import EventBus
         from cluster.features.pipeline import FeaturePipeline
         self.name, self.maintain_every = name, maintain_every
-        self.settings = load_settings(home=root / name,
+        self.settings = load_settings(home=home or root / name,
                                       tracking_uri=f"sqlite:///{root / 'registry.db'}")
         self.bus = EventBus(self.settings.lake_dir)
         self.pipe = FeaturePipeline(self.settings, self.bus)
@@ -160,8 +164,11 @@ def run_scenario(title: str, source, date_column: str, days: int, maintain_every
         print(f"[{title}] {lake.name}: history loaded in {time.perf_counter() - t0:.1f} s",
               file=sys.stderr, flush=True)
     at = sorted({1, days // 2, days})
+    snaps = work / "snapshots"
     for k, path in enumerate(daily, start=1):
         for lake in (plain, kept):
+            if k in at:  # the lake as it is before day k, to replay that day at the end
+                shutil.copytree(lake.settings.home, snaps / f"{lake.name}-{k}")
             lake.day(k, path, probe, measure=k in at)
         if k % 10 == 0 or k in at:
             print(f"[{title}] day {k}/{days}: ingest {kept.days[-1]['ingest_s']:.3f} s / "
@@ -178,6 +185,11 @@ def run_scenario(title: str, source, date_column: str, days: int, maintain_every
     measured = list(rows)
     for name in ("no-maintenance", "maintained"):
         rows.append(ratios([r for r in measured if r.get("lake") == name], 1, days))
+    replayed = replay(work, snaps, daily, at, probe, rounds=3)
+    rows += replayed
+    for name in ("no-maintenance", "maintained"):
+        rows.append(ratios([r for r in replayed if r.get("lake") == f"{name} (replayed)"],
+                           1, days))
     rows.append({"what": f"full recompute at day {days} (in process)",
                  "seconds": round(t_full, 2), "rows": full["rows"],
                  "incremental_med5_s": round(inc, 3),
@@ -197,6 +209,36 @@ def run_scenario(title: str, source, date_column: str, days: int, maintain_every
         rows.append({"lake": lake.name, "what": f"`jobs.data show --instrument {probe}` at "
                      f"day {days}, whole process", "seconds": round(time.perf_counter() - t0, 2)})
     report(f"lake: daily operation, {title}", rows)
+
+
+def replay(work: Path, snaps: Path, daily: list[Path], at: list[int], probe: str,
+           rounds: int) -> list[dict]:
+    """Day 1, D/2 and D again, interleaved, from copies of the lakes as they were
+    before those days: the three days' figures are then measured under the same load
+    (this machine is shared; the live run's day 1 and day D are far apart in time)."""
+    runs: dict[tuple[str, int], list[dict]] = {}
+    for _ in range(rounds):
+        for name in ("no-maintenance", "maintained"):
+            for k in at:
+                home = work / "replay"
+                shutil.rmtree(home, ignore_errors=True)
+                shutil.copytree(snaps / f"{name}-{k}", home)
+                lake = Lake(work, name, None, home=home)
+                lake.day(k, daily[k - 1], probe, measure=True)
+                runs.setdefault((name, k), []).append(lake.days[-1])
+                shutil.rmtree(home, ignore_errors=True)
+    out = []
+    for (name, k), rs in runs.items():
+        row = {"lake": f"{name} (replayed)", "day": k}
+        for key in rs[0]:
+            if key.endswith(("_s", "_ms")):
+                row[key] = round(statistics.median(r[key] for r in rs), 3)
+                if key in ("ingest_s", "features_s", "ingest_cpu_s", "features_cpu_s"):
+                    row[f"{key}_med5"] = row[key]  # (median of the rounds)
+            elif key.endswith("_files") or key == "computed_rows":
+                row[key] = rs[0][key]
+        out.append(row)
+    return out
 
 
 def main() -> None:
