@@ -28,6 +28,7 @@ from typing import Callable
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from cluster.config import Settings, get_settings
 from cluster.errors import LakeError, MlopsError
@@ -343,14 +344,16 @@ def _merge_into(snap: CacheSnapshot, *parts: Computed) -> None:
     snap.meta = pd.concat(metas + [p.meta for p in parts]).sort_index()
     tails = [p.tail for p in parts]
     if len(snap.tail) and "instrument" in snap.tail:
-        kept = snap.tail[~snap.tail["instrument"].isin(names)]
+        # Arrow's is_in: pandas' isin on Arrow-backed strings loops in Python (20x slower)
+        hit = pc.is_in(pa.array(snap.tail["instrument"]), value_set=pa.array(sorted(names)))
+        kept = snap.tail[~hit.to_numpy(zero_copy_only=False)]
         if len(kept):
             tails.insert(0, kept)
     if len(tails) == 1:  # a daily update of every instrument: its tail is in key order
         snap.tail = tails[0].reset_index(drop=True)
-    else:
+    else:  # whole instruments, each in date order: a stable sort by instrument suffices
         snap.tail = pd.concat(tails, ignore_index=True).sort_values(
-            ["instrument", "date"], kind="stable").reset_index(drop=True)
+            "instrument", kind="stable").reset_index(drop=True)
     snap.states = snap.states.merge(*(p.states for p in parts))
 
 
