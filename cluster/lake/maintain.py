@@ -36,6 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 from deltalake import DeltaTable, WriterProperties
+from deltalake.exceptions import CommitFailedError
 
 from cluster.errors import LakeError
 from cluster.lake import layout, retention, tables
@@ -120,12 +121,12 @@ class TableMaintenance:
         try:
             out["properties"] = self.ensure_properties()
             if rewrite:
-                done = self.rewrite()
+                done = self.retrying(self.rewrite)
                 for step in ("compact", "zorder"):
                     if step in steps:
                         out["steps"][step] = done
             elif "compact" in steps:
-                out["steps"]["compact"] = self.compact()
+                out["steps"]["compact"] = self.retrying(self.compact)
             if "zorder" in steps and "zorder" not in out["steps"]:
                 out["steps"]["zorder"] = {"skipped": "table is not clustered (registry)"}
             if "vacuum" in steps:  # before the checkpoint, which then covers its commits
@@ -142,6 +143,18 @@ class TableMaintenance:
         out["versions_kept"] = out["steps"].get("vacuum", {}).get("versions_kept")
         out["seconds"] = round(time.perf_counter() - started, 3)
         return out
+
+    def retrying(self, step, attempts: int = 3):
+        """Run ``step`` again when a writer committed while it ran (an exact commit
+        lost the race): it re-reads the table; the last failure is reported."""
+        for attempt in range(attempts):
+            try:
+                return step()
+            except (tables.WriteConflict, CommitFailedError) as exc:
+                if attempt == attempts - 1:
+                    raise
+                log.info("%s: %s; trying again", self.name, exc)
+                time.sleep(0.1 * (attempt + 1))
 
     def ensure_properties(self) -> dict:
         """The table properties every lake table needs (``tables.TABLE_CONFIG``), also
@@ -219,8 +232,9 @@ class TableMaintenance:
                 kept += table.num_rows
                 written += self._write(table)
             removes = tables.remove_actions(dt, paths, data_change=False)
-            tables.commit_files(self.path, dt, written, schema, self.meta("rewrite", dt, True),
-                                removes=removes, exact=True, data_change=False)
+            meta = self.meta("rewrite", dt, True)
+            tables.commit_files(self.path, dt, written, schema, meta, removes=removes,
+                                exact=_carries_catalog(meta), data_change=False)
         except BaseException:
             tables.discard_files(self.path, written)
             raise
@@ -270,11 +284,11 @@ class TableMaintenance:
             return {"skipped": "one file or none", "files": n}
         if self.dry_run:
             return {"would_compact_files": n}
+        meta = self.meta("compact", dt, True)
         metrics = dt.optimize.compact(
             target_size=COMPACT_TARGET_BYTES,
             writer_properties=WriterProperties(max_row_group_size=self.spec.row_group_rows),
-            commit_properties=tables.commit_properties(self.meta("compact", dt, True),
-                                                       exact=True))
+            commit_properties=tables.commit_properties(meta, exact=_carries_catalog(meta)))
         return {"files_removed": metrics.get("numFilesRemoved"),
                 "files_added": metrics.get("numFilesAdded")}
 
@@ -343,6 +357,15 @@ class TableMaintenance:
         for f in doomed:
             (log_dir / f).unlink(missing_ok=True)
         return len(doomed)
+
+
+def _carries_catalog(meta: dict) -> bool:
+    """A maintenance commit that carries the bars catalog must land at exactly the
+    version it read (an ingest in between would make the carried catalog stale); the
+    others may be rebased by Delta's conflict checker over concurrent appends (they
+    remove only files they read), so a busy table (events, predictions) is still
+    maintained while its writers run."""
+    return "catalog" in meta
 
 
 def keep_latest(table: pa.Table, key: tuple[str, ...], latest_by: str) -> pa.Table:
