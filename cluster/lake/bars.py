@@ -454,10 +454,6 @@ class BarsTable:
         }
 
 
-# The change data feed stays on (other readers may use it; maintenance commits add no
-# rows to it); expired-log cleanup is maintenance's, as for every table.
-BARS_CONFIG = {**tables.TABLE_CONFIG, "delta.enableChangeDataFeed": "true"}
-
 
 def _day(value):
     return None if value is None else pa.scalar(pd.Timestamp(value).date(), pa.date32())

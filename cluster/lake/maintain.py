@@ -157,11 +157,12 @@ class TableMaintenance:
                 time.sleep(0.1 * (attempt + 1))
 
     def ensure_properties(self) -> dict:
-        """The table properties every lake table needs (``tables.TABLE_CONFIG``), also
+        """The table properties every lake table needs (``tables.table_config``), also
         on tables other writers created: one metadata commit, the first time."""
         dt = self.table()
         config = dt.metadata().configuration
-        missing = {k: v for k, v in tables.TABLE_CONFIG.items() if config.get(k) != v}
+        missing = {k: v for k, v in tables.table_config(self.name).items()
+                   if config.get(k) != v}
         if missing and not self.dry_run:
             dt.alter.set_table_properties(missing, commit_properties=tables.commit_properties(
                 self.meta("properties", dt, False)))

@@ -75,7 +75,7 @@ def _last_writer_versions(dt: DeltaTable, key: list[str]) -> pa.Table:
 
 def _rewrite(dt: DeltaTable, table: pa.Table, spec, meta: dict) -> int:
     """One overwrite commit: new schema, no partitions, rows as given (sorted)."""
-    config = dict(tables.TABLE_CONFIG)
+    config = tables.table_config(Path(tables.uri_path(dt)).name)
     missing = {k: v for k, v in config.items()
                if dt.metadata().configuration.get(k) != v}
     if missing:  # a metadata-only commit; the data stays as it is until the rewrite

@@ -41,6 +41,12 @@ META_KEY = "mlops"
 TABLE_CONFIG = {"delta.enableExpiredLogCleanup": "false", "delta.checkpointInterval": "5"}
 
 
+def table_config(name: str) -> dict:
+    """TABLE_CONFIG with the table's own checkpoint interval (``registry.py``)."""
+    from cluster.lake.registry import spec_for
+    return {**TABLE_CONFIG, "delta.checkpointInterval": str(spec_for(name).checkpoint_interval)}
+
+
 class WriteConflict(LakeError):
     """Another writer committed first: re-read the table and try again."""
 
@@ -275,7 +281,8 @@ def commit_files(path: Path, base: DeltaTable | None, files: list[dict], schema:
         if base is None:
             create_table_with_add_actions(str(path), Schema.from_arrow(schema), actions,
                                           mode="error",
-                                          configuration=configuration or TABLE_CONFIG,
+                                          configuration=configuration or table_config(
+                                              Path(path).name),
                                           commit_properties=props)
             return 0
         base.create_write_transaction(actions, mode=mode, schema=schema,
