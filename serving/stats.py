@@ -76,15 +76,16 @@ class VersionStats:
 
     def daily_ic(self, min_pairs: int = 5) -> tuple[float | None, int]:
         """Mean over dates of the cross-sectional Pearson IC, and the number of dates."""
-        ics = []
-        for day in self.pairs.values():
-            if len(day) < min_pairs:
-                continue
-            p, r = np.array(list(day.values()), dtype=np.float64).T
-            if p.std() == 0 or r.std() == 0:
-                continue
-            ics.append(float(np.corrcoef(p, r)[0, 1]))
-        return (float(np.mean(ics)) if ics else None), len(ics)
+        from cluster.training.metrics import DailyScorer   # the one daily IC scorer
+        rows = [(k, p, r) for k, day in enumerate(self.pairs.values()) if len(day) >= min_pairs
+                for p, r in day.values()]
+        if not rows:
+            return None, 0
+        days, p, r = zip(*rows)          # a date's number groups its rows (keys are labels)
+        daily = DailyScorer(np.array(days), np.array(r, dtype=np.float64)).daily(
+            np.array(p, dtype=np.float64))
+        ics = daily[np.isfinite(daily)]      # a constant day has no IC
+        return (float(ics.mean()) if len(ics) else None), int(len(ics))
 
     def summary(self) -> dict:
         ic, days = self.daily_ic()
