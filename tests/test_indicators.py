@@ -52,7 +52,7 @@ def same(actual, expected, rtol: float = 1e-9) -> None:
     assert np.array_equal(nan_a, nan_e), (
         f"NaN pattern differs at {np.argwhere(nan_a != nan_e)[:5].tolist()}")
     with np.errstate(invalid="ignore"):
-        ok = nan_a | (np.abs(a - e) <= rtol * np.maximum(np.abs(a), np.abs(e)))
+        ok = nan_a | (a == e) | (np.abs(a - e) <= rtol * np.maximum(np.abs(a), np.abs(e)))
     assert ok.all(), (f"values differ at {np.argwhere(~ok)[:5].tolist()}: "
                       f"{a[~ok][:5]} vs {e[~ok][:5]}")
 
