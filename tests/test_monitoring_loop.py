@@ -159,11 +159,14 @@ def test_retrain_action_submits_the_train_job(loop):
     assert [v.version for v in versions][-1] == str(int(result.version) + 1)
 
 
-def test_ab_experiment_from_served_predictions(loop):
-    """Two arms of one rollout serving the same model: the analysis runs on the keys each
-    arm served and finds no difference."""
+def ensure_experiment(loop) -> None:
+    """exp-1: two arms of one rollout serving the same model, each on half the keys,
+    on every scored day (appended once; the tests that read it run alone too)."""
     ensure_scored(loop)
     settings, bus, result, start, _ = loop
+    if "exp-1" in set(P.read_predictions(settings.lake_dir, columns=["rollout_id"])
+                      ["rollout_id"].dropna()):
+        return
     model_id = f"{result.registry_name}/{result.version}"
     batch = P.read_predictions(settings.lake_dir, start=start)
     batch = batch[batch["source"] == "batch"].drop_duplicates(["instrument", "date"])
@@ -173,12 +176,60 @@ def test_ab_experiment_from_served_predictions(loop):
              t.output, 1.0, False, t.features_version, arm[k], "exp-1", 3, "served")
             for t in batch.itertuples() for k in [t.instrument]]
     P.append(settings.lake_dir, P.rows_table(rows))
+
+
+def test_ab_experiment_from_served_predictions(loop):
+    """Two arms of one rollout serving the same model: the analysis runs on the keys each
+    arm served and finds no difference."""
+    ensure_experiment(loop)
+    settings, *_ = loop
     from cluster.monitoring.abtest import experiment_analysis, experiments
     assert [e["rollout_id"] for e in experiments(settings.lake_dir)] == ["exp-1"]
     out = experiment_analysis(settings.lake_dir, "exp-1", reps=200)
     assert out["arms"] == ["m-a/1", "m-b/1"] and out["days"] > 50
     assert out["verdict"] == "no difference yet" and out["winner"] is None
     assert out["bootstrap_ci"][0] < 0 < out["bootstrap_ci"][1]
+
+
+def test_ab_figures_after_the_monitor_are_the_whole_tables_and_read_only_new_days(
+        loop, monkeypatch):
+    """After the monitor has kept ``ab_daily``, the A/B answers equal the whole-table
+    computation on the same data, and a call reads no predictions dated on or before
+    the last day the table holds (the cost of a call does not grow with the days)."""
+    ensure_experiment(loop)
+    settings, bus, *_ = loop
+    lake = settings.lake_dir
+    from cluster.monitoring import abdaily, abtest
+    whole = abtest._served_with_labels(lake, "exp-1")
+    reference = {"rollout_id": "exp-1",
+                 **abtest.analyse(abtest.arm_daily_rank_ic(whole), reps=200)}
+    served = P.read_predictions(lake, columns=["rollout_id", "arm", "date", "source"])
+    served = served[(served["source"] == "served") & (served["rollout_id"] == "exp-1")]
+    listing = [{"rollout_id": "exp-1", "arms": ["m-a/1", "m-b/1"], "rows": len(served),
+                "first_day": str(served["date"].min().date()),
+                "last_day": str(served["date"].max().date())}]
+    Monitor(settings, bus=bus, resources=False).run()
+    kept = abdaily.stored(lake, "exp-1")
+    assert kept["rank_ic"].notna().sum() > 100 and not kept.duplicated(abdaily.KEY).any()
+    assert Monitor(settings, bus=bus, resources=False).run()["days_evaluated"] == 0
+    assert len(abdaily.stored(lake, "exp-1")) == len(kept), "nothing is evaluated twice"
+    reads = []
+    real = P.read_arrow
+
+    def spy(*args, **kw):
+        out = real(*args, **kw)
+        dates = out.column("date").drop_null() if "date" in out.column_names else []
+        reads.append((kw.get("start", args[1] if len(args) > 1 else None),
+                      min(dates.to_pylist()) if len(dates) else None))
+        return out
+    monkeypatch.setattr(P, "read_arrow", spy)
+    assert abtest.experiment_analysis(lake, "exp-1", reps=200) == reference
+    assert abtest.experiments(lake) == listing
+    last = kept.loc[kept["rank_ic"].notna(), "date"].max()
+    assert len(reads) == 2, reads
+    for start, oldest in reads:
+        assert start is not None and pd.Timestamp(start) > last
+        assert oldest is None or pd.Timestamp(oldest) > last
 
 
 def test_follow_runs_again_on_data_synced(loop):

@@ -95,3 +95,6 @@ register(TableSpec("monitoring", cluster_by=("model_id", "kind", "date"),
 register(TableSpec("drift", cluster_by=("model_id", "date", "feature"),
                    description="PSI / KS / tail share per version, day and feature"))
 register(TableSpec("alerts", description="alert transitions (raised/resolved/acked), time order"))
+register(TableSpec("ab_daily", cluster_by=("rollout_id", "date", "arm"),
+                   dedupe_key=("rollout_id", "arm", "date"), latest_by="evaluated_at",
+                   description="A/B: served rows and realised RankIC per rollout, arm and day"))

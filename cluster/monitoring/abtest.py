@@ -136,49 +136,41 @@ def _f(v):
 
 
 # -- over the lake ----------------------------------------------------------
+# Per (rollout, arm, day) figures come from the ``ab_daily`` table the monitor keeps
+# (cluster/monitoring/abdaily.py) plus a date-pruned read of the days it has not seen:
+# the cost of a call stays that of one experiment's days, not of every day served.
 def _served_with_labels(lake_dir, rollout_id: str | None = None) -> pd.DataFrame:
-    from cluster.features.alpha158 import LABEL_NAME
-    from cluster.lake import predictions as P
-    from cluster.lake.features import FeaturesTable
-    cols = ["rollout_id", "arm", "version", "instrument", "date", "output", "source"]
-    pred = P.read_predictions(lake_dir, columns=cols)
-    pred = pred[(pred["source"] == "served") & pred["rollout_id"].notna()
-                & pred["instrument"].notna() & pred["date"].notna()]
-    if rollout_id is not None:
-        pred = pred[pred["rollout_id"] == rollout_id]
-    if pred.empty:
-        return pred.assign(label=pd.Series(dtype=float))
-    pred["date"] = pd.to_datetime(pred["date"])
-    feats = FeaturesTable(lake_dir)
-    if not feats.exists():
-        return pred.iloc[:0].assign(label=pd.Series(dtype=float))
-    labels = feats.read(start=pred["date"].min(), end=pred["date"].max(),
-                        instruments=sorted(pred["instrument"].unique()), columns=[LABEL_NAME])
-    labels = labels.rename(columns={LABEL_NAME: "label"})
-    return pred.merge(labels[["instrument", "date", "label"]], on=["instrument", "date"])
+    """The whole predictions table's served rows of experiments, with labels (the
+    reference the incremental figures are tested against; not used on a request)."""
+    from cluster.monitoring import abdaily
+    pred = abdaily.served(lake_dir, abdaily.Unseen(None), rollout_id)
+    pred = pred[pred["instrument"].notna()]
+    return abdaily.with_labels(lake_dir, pred).dropna(subset=["label"]) if len(pred) \
+        else pred.assign(label=pd.Series(dtype=float))
 
 
 def experiments(lake_dir) -> list[dict]:
-    """Every rollout whose served predictions came from more than one arm."""
-    from cluster.lake import predictions as P
-    pred = P.read_predictions(lake_dir, columns=["rollout_id", "arm", "date", "source"])
-    pred = pred[(pred["source"] == "served") & pred["rollout_id"].notna()]
+    """Every rollout whose served predictions came from more than one arm (``rows``:
+    served rows with a trading day)."""
+    from cluster.monitoring import abdaily
+    days = abdaily.daily_frame(lake_dir)
     out = []
-    for rid, g in pred.groupby("rollout_id"):
+    for rid, g in days.groupby("rollout_id", sort=True):
         arms = sorted(g["arm"].dropna().unique())
         if len(arms) < 2:
             continue
-        out.append({"rollout_id": rid, "arms": arms, "rows": int(len(g)),
-                    "first_day": str(pd.Timestamp(g["date"].min()).date())
-                    if g["date"].notna().any() else None,
-                    "last_day": str(pd.Timestamp(g["date"].max()).date())
-                    if g["date"].notna().any() else None})
+        out.append({"rollout_id": rid, "arms": arms, "rows": int(g["rows"].sum()),
+                    "first_day": str(pd.Timestamp(g["date"].min()).date()),
+                    "last_day": str(pd.Timestamp(g["date"].max()).date())})
     return out
 
 
 def experiment_analysis(lake_dir, rollout_id: str, alpha: float = 0.05,
                         reps: int = 1000) -> dict:
-    frame = _served_with_labels(lake_dir, rollout_id)
-    frame = frame[np.isfinite(frame["label"])] if len(frame) else frame
-    daily = arm_daily_rank_ic(frame) if len(frame) else pd.DataFrame()
+    from cluster.monitoring import abdaily
+    days = abdaily.daily_frame(lake_dir, rollout_id)
+    days = days[days["arm"].notna() & (days["keys"] >= MIN_KEYS)]
+    daily = days.pivot(index="date", columns="arm", values="rank_ic").sort_index() \
+        if len(days) else pd.DataFrame()
+    daily.columns.name = None
     return {"rollout_id": rollout_id, **analyse(daily, alpha, reps)}

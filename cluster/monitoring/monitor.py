@@ -6,7 +6,8 @@ evaluated and, in its commit metadata, the first day still waiting for its label
 predictions from the earliest of ``pending_from`` and the first day of any
 predictions file added since (a backfill by ``jobs.predict`` of older days
 counts), evaluates only days whose label is known and not yet evaluated, and
-appends them (one commit per table). A daily run costs the same on day 250 as on
+appends them (one commit per table); it also brings the ``ab_daily`` table (per
+experiment, arm and day: served rows, RankIC) up to date the same way. A daily run costs the same on day 250 as on
 day 1: it reads a few days of predictions and features, and the last 60
 evaluated days per version for the rolling windows.
 """
@@ -24,7 +25,7 @@ from cluster.config import Settings, get_settings
 from cluster.features.alpha158 import LABEL_NAME
 from cluster.lake import predictions as P
 from cluster.lake.features import FeaturesTable
-from cluster.monitoring import alerts as A
+from cluster.monitoring import abdaily, alerts as A
 from cluster.monitoring.drift import DriftReference, daily_drift
 from cluster.monitoring.performance import daily_performance, rolling_mean, with_rolling
 from cluster.monitoring.reference import load_reference
@@ -91,6 +92,8 @@ class Monitor:
         if self._drift_rows is not None:
             self.drift.append(self._drift_rows)
             self._drift_rows = None
+        # the A/B statistics' daily figures, from the same few days of predictions
+        abdaily.update(self.lake)
         transitions = self._alert(rows, history)
         dispatched = A.AlertDispatcher(self.lake, self.settings.monitoring, self.bus,
                                        self.actions).dispatch(transitions)

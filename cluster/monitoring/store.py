@@ -6,7 +6,12 @@
   version's test RankIC, the day's drift score and served p99 latency;
 - ``drift``: per model version, day and feature: PSI, KS and the verdict;
 - ``alerts``: every alert transition (``raised``, ``resolved``, ``acked``), so the
-  current state of an alert is its latest row.
+  current state of an alert is its latest row;
+- ``ab_daily``: per rollout (experiment), arm and trading day, the served
+  prediction rows and their realised RankIC (``cluster/monitoring/abdaily.py``),
+  what the A/B statistics read instead of the whole predictions table. A day is
+  re-evaluated (a newer row, latest ``evaluated_at`` wins) only if its served rows
+  changed.
 
 A run appends only the days it evaluated (or the transitions it made), so a
 daily run writes the same few rows on day 250 as on day 1.
@@ -48,9 +53,17 @@ ALERTS_SCHEMA = pa.schema([
     ("message", pa.string()), ("action", pa.string()), ("action_result", pa.string()),
     ("actor", pa.string()), ("time", pa.timestamp("us", tz="UTC")),
 ])
+AB_DAILY_SCHEMA = pa.schema([
+    ("rollout_id", pa.string()), ("arm", pa.string()), ("date", pa.date32()),
+    ("rows", pa.int64()),                 # served prediction rows of the arm that day
+    ("keys", pa.int64()),                 # instruments with a realised label
+    ("rank_ic", pa.float64()),            # null below abtest.MIN_KEYS keys
+    ("evaluated_at", pa.timestamp("us", tz="UTC")),
+])
 SORT = {"monitoring": ["model_id", "kind", "date"], "drift": ["model_id", "date", "feature"],
-        "alerts": ["time", "alert_id"]}
-SCHEMAS = {"monitoring": MONITORING_SCHEMA, "drift": DRIFT_SCHEMA, "alerts": ALERTS_SCHEMA}
+        "alerts": ["time", "alert_id"], "ab_daily": ["rollout_id", "date", "arm"]}
+SCHEMAS = {"monitoring": MONITORING_SCHEMA, "drift": DRIFT_SCHEMA, "alerts": ALERTS_SCHEMA,
+           "ab_daily": AB_DAILY_SCHEMA}
 
 
 class Table:
