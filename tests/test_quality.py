@@ -298,7 +298,8 @@ def _check_answers(settings, client, model, model_id: str, date: str, instrument
 
 def test_all_ten_types_deploy_and_answer(home):
     """Every model type, sequence models included, is served: their windows come from
-    the features table on the instrument path, or are posted."""
+    the features table on the instrument path, or are posted; and each explains the
+    prediction it served over the API (additive)."""
     import torch
 
     from cluster.events import EventBus
@@ -327,6 +328,15 @@ def test_all_ten_types_deploy_and_answer(home):
             served = _check_answers(settings, client, registry.load(
                 result.registry_name, result.version), model_id, date, instruments)
             assert np.isfinite(served).all() and len(set(served.round(9))) > 1, model_type
+            # and explains the prediction it served (sequence models: its window)
+            res = client.post(f"/api/explain/{model_id}/local",
+                              json={"instrument": instruments[0], "date": date},
+                              headers=_viewer())
+            assert res.status_code == 200, (model_type, res.text)
+            body = res.json()
+            assert body["prediction"] == pytest.approx(served[0], abs=1e-6), model_type
+            assert body["base_value"] + sum(body["values"].values()) == pytest.approx(
+                body["prediction"], abs=1e-6), model_type
 
 
 def test_rolling_version_trains_in_parallel_registers_once_and_serves_by_date(

@@ -13,9 +13,19 @@ model's order), the base value and per-feature SHAP values of every row.
 - ``LinearShap``: ``shap.LinearExplainer`` on the ridge model's scaled inputs (the
   model is linear in them): exact, ``coef * (scaled x - background mean)``.
 - ``PermutationShap``: ``shap.PermutationExplainer`` (model-agnostic, additive by
-  construction) over a fixed background; for the non-sequence torch models. Its
+  construction) over a fixed background of training reference rows; for the
+  non-sequence torch models (mlp, tabnet) and ensembles of row models. Its
   permutations come from NumPy's global generator, so every row is explained under a
   lock right after seeding it: the same model and row always give identical values.
+- ``WindowShap``: the same explainer for models that read a window of ``L`` rows per
+  prediction (lstm, transformer, informer, timesnet, patchtst; rolling models and
+  ensembles with such a member). The explained input is the ``(L, F)`` window and
+  its players are the F features: masking feature j replaces its whole column over
+  the window by the background window's (:class:`WindowMasker`, a custom shap
+  masker), so a feature's value is its contribution through all its lags and the
+  values stay exactly additive. The background: the first ``BACKGROUND_WINDOWS`` of
+  the version's stored training windows (:mod:`cluster.explain.background`; an
+  ensemble's members are ranked against all of them).
 """
 from __future__ import annotations
 
@@ -26,7 +36,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cluster.explain.predictor import NotExplainable, row_predictor
+from cluster.explain.background import BACKGROUND_WINDOWS
+from cluster.explain.predictor import NotExplainable, row_predictor, window_predictor
 
 EXPLAIN_SEED = 20240607
 BACKGROUND_ROWS = 50         # permutation explainer: rows integrated over per evaluation
@@ -151,16 +162,80 @@ class PermutationShap:
         masker = shap.maskers.Independent(self.background, max_samples=len(self.background))
         self.explainer = shap.PermutationExplainer(self.predict, masker, seed=seed)
 
+    def _inputs(self, x) -> np.ndarray:
+        return _rows(x)
+
     def explain(self, x) -> Explained:
-        x = _rows(x)
-        base, values = np.empty(len(x)), np.empty(x.shape, dtype=np.float64)
+        x = self._inputs(x)
+        base, values = np.empty(len(x)), np.empty((len(x), self.players), dtype=np.float64)
         with _global_rng_lock, _one_torch_thread():
-            for i, row in enumerate(x):
-                np.random.seed(self.seed)           # each row on its own, identically
-                out = self.explainer(row[None, :], max_evals=self.max_evals, silent=True)
+            for i, sample in enumerate(x):
+                np.random.seed(self.seed)           # each input on its own, identically
+                out = self.explainer(sample[None], max_evals=self.max_evals, silent=True)
                 values[i] = np.asarray(out.values, dtype=np.float64).reshape(-1)
                 base[i] = float(np.ravel(out.base_values)[0])
             return Explained(base, values, self.predict(x))
+
+    @property
+    def players(self) -> int:
+        return int(self.background.shape[-1])
+
+
+class WindowMasker:
+    """A shap masker of one ``(L, F)`` window whose players are its F features: the
+    samples of ``mask`` are the background windows with the columns of the features
+    ``mask`` keeps taken from ``x`` (over the whole window)."""
+    immutable_outputs = True          # every call returns a new array: no copy needed
+
+    def __init__(self, background: np.ndarray):
+        self.background = np.asarray(background, dtype=np.float32)
+        self.shape = (self.background.shape[0], self.background.shape[2])
+
+    def __call__(self, mask, x):
+        out = self.background.copy()
+        out[:, :, mask] = np.asarray(x, dtype=np.float32)[None][:, :, mask]
+        return out
+
+    def mask_shapes(self, x):
+        return [(self.shape[1],)]
+
+
+def as_windows(x, length: int) -> np.ndarray:
+    """Windows ``(n, L', F)`` or rows ``(n, F)`` / ``(F,)`` (windows of one row) ->
+    ``(n, length, F)`` windows: the last ``length`` rows, NaN-padded at the front."""
+    from cluster.models.torch_windows import fit_windows
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim == 1:
+        x = x[None, None, :]
+    elif x.ndim == 2:
+        x = x[:, None, :]
+    return fit_windows(x, length)
+
+
+class WindowShap(PermutationShap):
+    method = "shap.PermutationExplainer(windows)"
+
+    def __init__(self, model, features: list[str], background: np.ndarray | None,
+                 permutations: int = PERMUTATIONS, seed: int = EXPLAIN_SEED):
+        import shap
+        from cluster.models.inputs import window_length
+        if background is None or not len(background):
+            raise NotExplainable("no background windows: this version was registered before "
+                                 "its training windows were stored with it")
+        self.length = window_length(model)
+        self.predict = window_predictor(model)
+        # the sample's first windows: seeded draws, the same every time
+        self.background = as_windows(background[:BACKGROUND_WINDOWS], self.length)
+        if self.background.shape[-1] != len(features):
+            raise NotExplainable(f"background windows have {self.background.shape[-1]} "
+                                 f"features, the model {len(features)}")
+        self.seed = seed
+        self.max_evals = permutations * (2 * len(features) + 1)
+        self.explainer = shap.PermutationExplainer(self.predict, WindowMasker(self.background),
+                                                   seed=seed)
+
+    def _inputs(self, x) -> np.ndarray:
+        return as_windows(x, self.length)
 
 
 @contextlib.contextmanager
@@ -181,12 +256,21 @@ def _one_torch_thread():
 
 def explainer_for(model, features: list[str], background: np.ndarray | None,
                   method: str | None = None):
-    """The explainer of a model from the zoo (``method="shap"`` for trees: shap's own)."""
+    """The explainer of a model from the zoo (``method="shap"`` for trees: shap's own).
+    ``background``: training reference rows ``(n, F)``, or for a model that reads
+    windows, its stored training windows ``(n, L, F)``."""
     from cluster.models.composite import EnsembleModel, RollingModel
     from cluster.models.gbdt import LightGBMModel, XGBoostModel
+    from cluster.models.inputs import window_length
     from cluster.models.linear import LinearRidgeModel
     if isinstance(model, RollingModel):   # what it answers for new dates: the latest step
         return explainer_for(model.step_for(None), features, background, method)
+    if window_length(model) > 1:
+        if isinstance(model, EnsembleModel) and background is not None:
+            model = model.against(as_windows(background, window_length(model)))
+        return WindowShap(model, features, background)
+    if background is not None and np.ndim(background) == 3:
+        background = np.asarray(background)[:, -1, :]   # a row model: the windows' last rows
     if isinstance(model, EnsembleModel) and background is not None:
         # rows scored against the background's cross-section, not each other's
         return PermutationShap(model.against(background), features, background)

@@ -1,4 +1,5 @@
-"""A model's prediction of raw feature rows, and its feature names, for the explainers."""
+"""A model's prediction of raw feature rows or windows, and its feature names, for the
+explainers."""
 from __future__ import annotations
 
 from typing import Callable
@@ -20,6 +21,16 @@ def row_predictor(model, features: list[str]) -> Callable[[np.ndarray], np.ndarr
     except NoRowPrediction as exc:
         raise NotExplainable(f"cannot explain it: {exc}") from None
     return lambda x: np.asarray(predict(np.asarray(x, dtype=np.float32)),
+                                dtype=np.float64).reshape(-1)
+
+
+def window_predictor(model) -> Callable[[np.ndarray], np.ndarray]:
+    """A model's prediction of independent ``(n, L, F)`` raw windows (its own window
+    length; no dates: the latest step of a rolling model)."""
+    if not callable(getattr(model, "predict_window", None)):
+        raise NotExplainable(f"cannot explain it: {type(model).__name__} has no "
+                             "predict_window")
+    return lambda w: np.asarray(model.predict_window(np.asarray(w, dtype=np.float32)),
                                 dtype=np.float64).reshape(-1)
 
 

@@ -4,15 +4,24 @@
 (integrity-checked), builds its explainer once (kept for the last few versions), and
 answers:
 
-- ``local(model_id, row=...)`` or ``local(model_id, instrument=..., date=...)``:
-  ``{"model_id", "prediction", "base_value", "values": {feature: v}, "groups":
-  {group: v}, "method"}``; a group's value is the sum of its features' values, so
-  ``base_value + sum(values) == prediction`` holds for groups too;
+- ``local(model_id, row=...)``, ``local(model_id, window=[row, ...])`` or
+  ``local(model_id, instrument=..., date=...)``: ``{"model_id", "prediction",
+  "base_value", "values": {feature: v}, "groups": {group: v}, "method"}``; a group's
+  value is the sum of its features' values, so ``base_value + sum(values) ==
+  prediction`` holds for groups too. A model that reads windows (sequence models,
+  and rolling/ensemble versions with one) explains the window of the prediction --
+  the instrument's last ``L`` rows of the features table up to the date, as serving
+  builds it, or the posted window (oldest row first; a posted row is a window of one
+  row, padded as serving pads) -- and a feature's value covers all its rows in the
+  window. A row model given a window reads its last row, as serving does. With a
+  ``date``, a rolling version is explained by the step that answers that date.
 - ``global_(model_id)``: mean |SHAP| per feature and, per group, the mean over rows of
   |the group's summed values|, over the version's training reference sample (trees and
-  linear: all of it; torch: its first ``TORCH_GLOBAL_ROWS`` rows, as the permutation
-  explainer costs ~(2F+1) x background model rows per row). Computed once per version
-  and stored with it as the artefact ``explain_global.json``.
+  linear: all of it; row torch models: its first ``TORCH_GLOBAL_ROWS`` rows, as the
+  permutation explainer costs ~(2F+1) x background model rows per row), or for a
+  model that reads windows, over its stored training windows other than the
+  background ones (:mod:`cluster.explain.background`). Computed once per version and
+  stored with it as the artefact ``explain_global.json``.
 """
 from __future__ import annotations
 
@@ -25,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from cluster.errors import NotFoundError
+from cluster.explain.background import BACKGROUND_WINDOWS, load_windows
 from cluster.explain.explainers import explainer_for
 from cluster.explain.predictor import NotExplainable, feature_names
 from cluster.features.catalog import group_of
@@ -46,10 +56,32 @@ def _split(model_id: str) -> tuple[str, str]:
 
 
 class _Loaded:
-    def __init__(self, model_id, model, features, background, explainer):
+    def __init__(self, model_id, model, features, background, length, method):
         self.model_id, self.model, self.features = model_id, model, features
-        self.background, self.explainer = background, explainer
+        self.background, self.length, self.method = background, length, method
+        self.explainer = explainer_for(model, features, background, method)
         self.groups = [group_of(f) for f in features]
+        self._steps: dict[int, object] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def windows(self) -> bool:
+        return self.length > 1
+
+    def explainer_at(self, date):
+        """The explainer of the prediction of ``date``: a rolling version's step that
+        covers it (the latest when undated), else the version's one explainer."""
+        from cluster.models.composite import RollingModel
+        if date is None or not isinstance(self.model, RollingModel):
+            return self.explainer
+        k = int(self.model.step_index(np.array([pd.Timestamp(date)], "datetime64[ns]"))[0])
+        if k == len(self.model.steps) - 1:
+            return self.explainer
+        with self._lock:
+            if k not in self._steps:
+                self._steps[k] = explainer_for(self.model.steps[k]["model"], self.features,
+                                               self.background, self.method)
+            return self._steps[k]
 
 
 class Explanations:
@@ -66,6 +98,7 @@ class Explanations:
             if model_id in self._cache:
                 self._cache.move_to_end(model_id)
                 return self._cache[model_id]
+        from cluster.models.inputs import window_length
         from cluster.monitoring.reference import load_reference
         name, version = _split(model_id)
         model = self.registry.load(name, version)
@@ -74,12 +107,15 @@ class Explanations:
             report = self.registry.artefact_json(name, version, "report.json")
             report_features = report.get("data", {}).get("features")
         features = feature_names(model, report_features)
-        ref = load_reference(self.registry, name, version)
+        length = window_length(model)
         background = None
-        if ref is not None and set(features) <= set(ref.columns):
-            background = ref[features].to_numpy(dtype=np.float32)
-        loaded = _Loaded(model_id, model, features, background,
-                         explainer_for(model, features, background, self.method))
+        if length > 1:        # sequence models: the training windows stored with it
+            background = load_windows(self.registry, name, version, features, length)
+        else:
+            ref = load_reference(self.registry, name, version)
+            if ref is not None and set(features) <= set(ref.columns):
+                background = ref[features].to_numpy(dtype=np.float32)
+        loaded = _Loaded(model_id, model, features, background, length, self.method)
         with self._lock:
             self._cache[model_id] = loaded
             while len(self._cache) > CACHED_VERSIONS:
@@ -99,6 +135,41 @@ class Explanations:
         except (TypeError, ValueError) as exc:
             raise InputRowError(f"feature values must be numbers or null: {exc}") from None
 
+    def _window_matrix(self, loaded: _Loaded, window: list[dict]) -> np.ndarray:
+        if not window:
+            raise InputRowError("window holds no rows")
+        rows = [self._row_matrix(loaded, row)[0] for row in window]
+        return np.stack(rows)[None]                       # (1, rows, F), oldest first
+
+    def _features_window(self, loaded: _Loaded, instrument: str, date) -> np.ndarray:
+        """The instrument's last ``loaded.length`` rows of the features table up to
+        ``date`` (which must have a row), ``(1, rows, F)``, as serving reads them."""
+        from cluster.features.service import read_instrument_features
+        from cluster.models.torch_windows import last_rows_windows
+        day = pd.Timestamp(date).normalize()
+        span = int(loaded.length * 1.5) + 10              # calendar days: weekends, holidays
+        columns = ["instrument", "date", *loaded.features]
+        while True:
+            start = (day - pd.Timedelta(days=span - 1)).date().isoformat()
+            try:
+                frame = read_instrument_features(instrument, start=start,
+                                                 end=day.date().isoformat(), columns=columns,
+                                                 settings=self.settings)
+            except NotFoundError:
+                frame = pd.DataFrame(columns=columns)
+            except Exception as exc:
+                raise NotFoundError(f"no features for {instrument!r} on "
+                                    f"{day.date().isoformat()}: {exc}") from None
+            if frame.empty or pd.Timestamp(frame["date"].max()) != day:
+                raise NotFoundError(f"no features for {instrument!r} on "
+                                    f"{day.date().isoformat()}")
+            # enough rows, or nothing earlier (a short history is padded, as serving pads)
+            if len(frame) >= loaded.length or span > 4 * 366 + loaded.length * 3:
+                break
+            span *= 2
+        frame = frame.assign(date=pd.to_datetime(frame["date"]))
+        return last_rows_windows(frame, [instrument], loaded.features, loaded.length)
+
     def _features_row(self, loaded: _Loaded, instrument: str, date) -> np.ndarray:
         from cluster.features.service import read_instrument_features
         day = pd.Timestamp(date).date().isoformat()
@@ -115,13 +186,20 @@ class Explanations:
         return frame[loaded.features].to_numpy(dtype=np.float32)[-1:]
 
     def local(self, model_id: str, row: dict | None = None, instrument: str | None = None,
-              date=None) -> dict:
+              date=None, window: list[dict] | None = None) -> dict:
         loaded = self._load(model_id)
-        if row is not None:
+        if window is not None:
+            x = self._window_matrix(loaded, window)
+            if not loaded.windows:
+                x = x[:, -1, :]                         # a row model reads the last row
+        elif row is not None:
             x = self._row_matrix(loaded, row)
+        elif loaded.windows:
+            x = self._features_window(loaded, instrument, date)
         else:
             x = self._features_row(loaded, instrument, date)
-        out = loaded.explainer.explain(x)
+        explainer = loaded.explainer_at(date)
+        out = explainer.explain(x)
         values = out.values[0]
         groups: dict[str, float] = {}
         for g, v in zip(loaded.groups, values):
@@ -129,9 +207,11 @@ class Explanations:
         answer = {"model_id": model_id, "prediction": float(out.predictions[0]),
                   "base_value": float(out.base[0]),
                   "values": {f: float(v) for f, v in zip(loaded.features, values)},
-                  "groups": groups, "method": loaded.explainer.method}
+                  "groups": groups, "method": explainer.method}
+        if date is not None:
+            answer["date"] = pd.Timestamp(date).date().isoformat()
         if instrument is not None:
-            answer.update(instrument=instrument, date=pd.Timestamp(date).date().isoformat())
+            answer["instrument"] = instrument
         return answer
 
     # -- global --------------------------------------------------------------------
@@ -143,14 +223,18 @@ class Explanations:
             return json.loads(stored)
         loaded = self._load(model_id)
         if loaded.background is None:
-            raise NotFoundError(f"{model_id} has no training reference sample to explain "
-                                "globally (registered before the sample existed)")
+            raise NotFoundError(f"{model_id} has no training "
+                                + ("windows" if loaded.windows else "reference sample")
+                                + " to explain globally (registered before they were stored)")
         rows = loaded.background
-        if type(loaded.explainer).__name__ == "PermutationShap":
+        if loaded.windows:         # the stored windows the explainer does not integrate over
+            rows = rows[BACKGROUND_WINDOWS:] if len(rows) > BACKGROUND_WINDOWS else rows
+        elif type(loaded.explainer).__name__ == "PermutationShap":
             rows = rows[:TORCH_GLOBAL_ROWS]
         answer = summarise(loaded.explainer.explain(rows), loaded.features, loaded.groups)
         answer.update(model_id=model_id, method=loaded.explainer.method,
-                      rows_from="training reference sample", computed_at=time.time())
+                      rows_from="training windows" if loaded.windows
+                      else "training reference sample", computed_at=time.time())
         self.registry.attach_artefact(name, version, GLOBAL_ARTEFACT,
                                       json.dumps(answer).encode())
         return answer

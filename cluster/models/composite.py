@@ -224,27 +224,35 @@ class EnsembleModel:
 
 
 class EnsembleRows:
-    """An ensemble's score of independent rows: each member's prediction placed in a
-    fixed cross-section, the member's predictions of ``reference`` rows (e.g. the
-    training reference sample) -- its centred percentile there (``rank``) or its
-    z-score against them (``zscore``) -- then averaged. Serving ranks within the
-    request's own cross-section; this view does not depend on which rows are scored
-    together, which an explainer needs (SHAP values that add up to the row's score)."""
+    """An ensemble's score of independent rows (or windows): each member's prediction
+    placed in a fixed cross-section, the member's predictions of ``reference`` rows or
+    windows (e.g. the training reference sample, or a sequence ensemble's stored
+    training windows) -- its centred percentile there (``rank``) or its z-score
+    against them (``zscore``) -- then averaged. Serving ranks within the request's own
+    cross-section; this view does not depend on which rows are scored together, which
+    an explainer needs (SHAP values that add up to the row's score)."""
 
     def __init__(self, ensemble: EnsembleModel, reference: np.ndarray):
         self.ensemble = ensemble
         self.feature_names = list(ensemble.feature_names)
+        self.window_length = ensemble.window_length
         ref = np.asarray(reference, dtype=np.float32)
         self._refs = [np.sort(self._member(m, cols, ref))
                       for m, cols in zip(ensemble.members, ensemble._columns)]
 
     @staticmethod
     def _member(model, cols, x: np.ndarray) -> np.ndarray:
-        w = fit_windows(x[:, None, :][:, :, cols], window_length(model))
+        w = x[:, None, :] if x.ndim == 2 else x          # rows are windows of one row
+        w = fit_windows(w[:, :, cols], window_length(model))
         return np.asarray(model.predict_window(w), dtype=np.float64)
 
     def predict_array(self, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, dtype=np.float32).reshape(-1, len(self.feature_names))
+        return self.predict_window(np.asarray(x, dtype=np.float32).reshape(
+            -1, 1, len(self.feature_names)))
+
+    def predict_window(self, windows: np.ndarray, dates=None) -> np.ndarray:
+        """``dates`` are ignored: the cross-section is the reference's."""
+        x = np.asarray(windows, dtype=np.float32)
         scores = []
         for m, cols, ref in zip(self.ensemble.members, self.ensemble._columns, self._refs):
             p = self._member(m, cols, x)

@@ -5,9 +5,11 @@ checkpoint), rolling retraining and ensembles all register through
 It stores the model (library formats + MLflow pyfunc, :mod:`cluster.registry`),
 the training report and the config, the training reference sample (a seeded
 sample of train-segment feature rows, :mod:`cluster.monitoring.reference`: the
-drift reference and the SHAP background), the flattened metrics, lineage tags
-(data version, feature set, features table version, config hash, code version,
-the training run, parent and Tune ids when given) and announces
+drift reference and the SHAP background of row models), for a model that reads
+windows of rows (sequence models) a seeded sample of training windows
+(:mod:`cluster.explain.background`: its SHAP background), the flattened metrics,
+lineage tags (data version, feature set, features table version, config hash, code
+version, the training run, parent and Tune ids when given) and announces
 ``model_registered``.
 """
 from __future__ import annotations
@@ -26,6 +28,7 @@ def register_model(settings, bus: EventBus | None, name: str, model, report: dic
                    tags: dict[str, str] | None = None, persist_events: bool = True):
     """Register ``model`` with its ``report`` (the engine's training report) trained on
     ``data`` (a :class:`~cluster.training.engine.FeatureData`); returns the version info."""
+    from cluster.explain.background import window_artefacts
     from cluster.monitoring.reference import reference_artefacts
     from cluster.registry.store import Lineage, ModelRegistry, code_version
     info = report.get("data") or {}
@@ -38,14 +41,15 @@ def register_model(settings, bus: EventBus | None, name: str, model, report: dic
     all_tags = {"model_type": model_type,
                 "feature_columns": str(len(info.get("features") or []))}
     all_tags.update(tags or {})
+    segments, features = info.get("segments") or {}, list(info.get("features") or [])
+    artefacts = {**reference_artefacts(data.frame, segments, features),
+                 **window_artefacts(model, data.frame, segments, features)}
     registry = ModelRegistry.for_settings(settings)
     version = registry.register(name, model, lineage=lineage, report=report,
                                 config=report.get("model_config") or {},
                                 metrics=flat_metrics(report.get("metrics")),
                                 params=report.get("hyper_parameters"), tags=all_tags,
-                                artefacts=reference_artefacts(data.frame,
-                                                              info.get("segments") or {},
-                                                              list(info.get("features") or [])))
+                                artefacts=artefacts)
     if bus is not None:
         bus.publish(ModelRegistered(name=version.name, version=version.version,
                                     data_version=data.data_version,
