@@ -90,6 +90,23 @@ class LakeSettings(_Section):
     # data versions), besides every bars data version a registered model or a live
     # deployment names.
     retain_versions: int = Field(10, ge=1)
+    # Where the lake's tables live: a folder, or ``s3://bucket/prefix`` on an
+    # S3-compatible store (endpoint and credentials from the standard AWS variables,
+    # ``AWS_ENDPOINT_URL`` for a non-AWS server; cluster/lake/storage.py). None:
+    # ``<home>/lake``.
+    uri: str | None = None
+
+    @field_validator("uri")
+    @classmethod
+    def _check_uri(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip()
+        if "://" in value and not value.startswith("s3://"):
+            raise ValueError("lake.uri must be a folder or s3://bucket/prefix")
+        if value.startswith("s3://") and not value[len("s3://"):].strip("/"):
+            raise ValueError("lake.uri s3:// needs a bucket: s3://bucket/prefix")
+        return value
 
 
 class AlertThresholds(_Section):
@@ -225,9 +242,22 @@ class Settings(BaseSettings):
     queue: QueueSettings = QueueSettings()
     registry: RegistrySettings = RegistrySettings()
 
+    @field_validator("home", mode="before")
+    @classmethod
+    def _local_home(cls, value: Any) -> Any:
+        if isinstance(value, str) and "://" in value:
+            raise ValueError("MLOPS_HOME is a folder (registry, keys, serving state); put "
+                             "the lake on object storage with lake.uri (MLOPS_LAKE__URI)")
+        return value
+
     @property
-    def lake_dir(self) -> Path:
-        return self.home / "lake"
+    def lake_dir(self):
+        """The lake: ``lake.uri`` (a Path, or an ``ObjectPath`` for s3://), else
+        ``<home>/lake``."""
+        if self.lake.uri is None:
+            return self.home / "lake"
+        from cluster.lake.storage import location
+        return location(self.lake.uri)
 
     @property
     def registry_uri(self) -> str:

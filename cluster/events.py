@@ -28,7 +28,7 @@ from deltalake import DeltaTable
 from pydantic import BaseModel, Field, TypeAdapter
 
 from cluster.errors import LakeError
-from cluster.lake import layout, tables
+from cluster.lake import layout, storage, tables
 from cluster.lake.registry import spec_for
 
 log = logging.getLogger(__name__)
@@ -205,7 +205,7 @@ class EventBus:
         if self._table is None:
             if not tables.exists(self.path):
                 return None
-            self._table = DeltaTable(str(self.path))
+            self._table = tables.delta_table(self.path)
             layout.check("events", self._table)
         else:
             self._table.update_incremental()
@@ -214,7 +214,7 @@ class EventBus:
     def _snapshot(self) -> DeltaTable | None:
         if self.path is None or not tables.exists(self.path):
             return None
-        dt = DeltaTable(str(self.path))
+        dt = tables.delta_table(self.path)
         layout.check("events", dt)
         return dt
 
@@ -235,7 +235,7 @@ class EventBus:
         expr = ds.field("offset") > after
         if types:
             expr = expr & ds.field("type").isin(list(types))
-        table = ds.dataset(files, format="parquet", schema=SCHEMA).to_table(
+        table = storage.dataset(files, format="parquet", schema=SCHEMA).to_table(
             columns=["offset", "payload"], filter=expr).sort_by("offset")
         return [(int(o), parse_event(p)) for o, p in zip(table.column("offset").to_pylist(),
                                                         table.column("payload").to_pylist())]
@@ -261,7 +261,8 @@ def get_bus(lake_dir: Path | None = None) -> EventBus:
     if lake_dir is None:
         from cluster.config import get_settings
         lake_dir = get_settings().lake_dir
-    key = str(Path(lake_dir).resolve())
+    lake_dir = storage.location(lake_dir)
+    key = str(lake_dir.resolve())
     if key not in _buses:
-        _buses[key] = EventBus(Path(lake_dir))
+        _buses[key] = EventBus(lake_dir)
     return _buses[key]

@@ -39,7 +39,7 @@ read_predictions = predictions_table.read_predictions
 class PredictionSink:
     def __init__(self, lake_dir: Path, flush_rows: int = 20_000, flush_seconds: float = 5.0,
                  max_buffer: int = 200_000):
-        self.lake_dir = Path(lake_dir)
+        self.lake_dir = lake_dir
         self.path = predictions_table.path(lake_dir)
         self.flush_rows = flush_rows
         self.flush_seconds = flush_seconds

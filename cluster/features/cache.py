@@ -16,15 +16,14 @@ the run recomputes.
 """
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from cluster.features.indicators import IndicatorStates
+from cluster.lake import storage
 
 CACHE_FORMAT = 3  # 2: indicator states as IndicatorStates arrays; 3: one file per feature set
 
@@ -41,15 +40,15 @@ class CacheSnapshot:
 
 class FeatureCache:
     def __init__(self, lake_dir: Path):
-        self.root = Path(lake_dir) / "_feature_cache"
+        # beside the tables: a folder, or the lake's bucket prefix (cluster.lake.storage)
+        self.root = storage.location(lake_dir) / "_feature_cache"
 
     def path_for(self, feature_set: str) -> Path:
         return self.root / f"{feature_set}.pkl"
 
     def _doc(self, feature_set: str) -> dict | None:
         try:
-            with open(self.path_for(feature_set), "rb") as f:
-                doc = pickle.load(f)
+            doc = pickle.loads(storage.read_bytes(self.path_for(feature_set)))
         except FileNotFoundError:
             return None
         except Exception:  # unreadable: recompute rather than trust it
@@ -74,15 +73,8 @@ class FeatureCache:
         return {k: doc.get(k) for k in ("feature_set", "data_version", "features_version")}
 
     def save(self, snap: CacheSnapshot, features_version: int | None) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
         doc = {"format": CACHE_FORMAT, "feature_set": snap.feature_set,
                "data_version": snap.data_version, "features_version": features_version,
                "snapshot": snap}
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".snapshot-")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                pickle.dump(doc, f, protocol=pickle.HIGHEST_PROTOCOL)
-            os.replace(tmp, self.path_for(snap.feature_set))
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        storage.write_bytes_atomic(self.path_for(snap.feature_set),
+                                   pickle.dumps(doc, protocol=pickle.HIGHEST_PROTOCOL))

@@ -37,7 +37,7 @@ from cluster.features.cache import CacheSnapshot, FeatureCache
 from cluster.features.compute import Computed, compute_append, compute_full
 from cluster.features.featureset import FeatureSet, feature_set_for
 from cluster.features.indicators import IndicatorStates
-from cluster.lake import tables
+from cluster.lake import storage, tables
 from cluster.lake.bars import BarsTable
 from cluster.lake.features import FeaturesTable
 from cluster.schema import BAR_COLUMNS
@@ -285,7 +285,7 @@ def read_bar_files(instruments: list[str], files: list[str]) -> pd.DataFrame:
     import pyarrow.dataset as ds
 
     from cluster.lake.bars import STORED_SCHEMA
-    table = ds.dataset(files, format="parquet", schema=STORED_SCHEMA).to_table(
+    table = storage.dataset(files, format="parquet", schema=STORED_SCHEMA).to_table(
         columns=BAR_COLUMNS, filter=ds.field("instrument").isin(list(instruments)))
     frame = tables.to_frame(table)
     return frame.sort_values(["instrument", "date"]).reset_index(drop=True)

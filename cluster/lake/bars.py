@@ -36,7 +36,7 @@ import pyarrow.dataset as ds
 from deltalake import DeltaTable
 
 from cluster.errors import LakeError
-from cluster.lake import layout, tables
+from cluster.lake import layout, storage, tables
 from cluster.lake.registry import spec_for
 from cluster.schema import BAR_COLUMNS, BARS_SCHEMA, KEY, VALUE_COLUMNS
 
@@ -189,7 +189,7 @@ class BarsTable:
         if after is not None:
             e = ds.field(VERSION_COLUMN) > after
             expr = e if expr is None else expr & e
-        return ds.dataset(files, format="parquet", schema=STORED_SCHEMA).to_table(
+        return storage.dataset(files, format="parquet", schema=STORED_SCHEMA).to_table(
             columns=want, filter=expr)
 
     def _read_partitioned(self, dt, instruments, start, end, want) -> pa.Table:
@@ -373,7 +373,7 @@ class BarsTable:
         root = tables.uri_path(base)
         gone = []
         for path in candidates:
-            old = ds.dataset(path, format="parquet", schema=STORED_SCHEMA).to_table()
+            old = storage.dataset(path, format="parquet", schema=STORED_SCHEMA).to_table()
             frame = tables.to_frame(old.select(KEY))
             hit = frame.merge(keys, on=KEY, how="left")["_hit"].eq(True).to_numpy()
             if not hit.any():

@@ -27,7 +27,7 @@ import pyarrow.dataset as ds
 from deltalake import DeltaTable
 
 from cluster.errors import LakeError
-from cluster.lake import tables
+from cluster.lake import storage, tables
 from cluster.lake.registry import spec_for
 
 
@@ -76,7 +76,7 @@ class FeaturesTable:
             if meta.get("kind") not in MAINTENANCE_KINDS and meta.get("feature_set") \
                     and feature_set in (None, meta.get("feature_set")):
                 return meta
-            if not meta and not (self.path / "_delta_log" / f"{v:020d}.json").exists():
+            if not meta and not tables.commit_entry_exists(self.path, v):
                 break  # the log before here was cleaned up
         return {}
 
@@ -162,7 +162,7 @@ class FeaturesTable:
             # delta-rs keeps min/max of the first 32 columns only, so feature_set's
             # come from the file: its one (dictionary-encoded) column first, the whole
             # file only when it mixes feature sets
-            dataset = ds.dataset(f"{self.path}/{path}", format="parquet")
+            dataset = storage.dataset(f"{self.path}/{path}", format="parquet")
             sets = pc.unique(dataset.to_table(columns=["feature_set"]).column(
                 "feature_set")).to_pylist()
             if fs not in sets:
@@ -180,9 +180,9 @@ class FeaturesTable:
         listed = {p for p in tables.add_actions(tables.open_table(self.path))
                   .column("path").to_pylist()} if self.exists() else set()
         removed = 0
-        for path in self.path.glob(f"{prefix}*"):
-            if path.name not in listed:
-                path.unlink(missing_ok=True)
+        for name in storage.listdir(self.path):
+            if name.startswith(prefix) and name not in listed:
+                storage.delete(self.path / name)
                 removed += 1
         return removed
 
@@ -220,7 +220,7 @@ class FeaturesTable:
             empty = pa.table({f.name: pa.array([], f.type) for f in schema}) if schema else \
                 pa.table({})
             return empty.select(want) if want and schema else empty
-        dataset = ds.dataset(files, format="parquet", schema=schema)
+        dataset = storage.dataset(files, format="parquet", schema=schema)
         expr = tables.row_filter(instruments, start, end, feature_set=feature_set)
         table = dataset.to_table(columns=want, filter=expr)
         sort = [("instrument", "ascending"), ("date", "ascending"),

@@ -86,7 +86,7 @@ def ingest(source: str, fmt: str = "auto", on_error: str | None = None, *,
         "ingest_id": ingest_id,
         "warnings": checked.warnings,
         "source": raw.source,
-        "lake": str(Path(lake)),
+        "lake": str(lake),
         "seconds": round(time.perf_counter() - started, 3),
     }
     if fmt == "synthetic":

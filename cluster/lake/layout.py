@@ -43,7 +43,7 @@ def require_current(lake_dir: Path) -> None:
     for name in ("bars", "events"):
         path = tables.table_path(lake_dir, name)
         if tables.exists(path):
-            check(name, DeltaTable(str(path)))
+            check(name, tables.delta_table(path))
 
 
 def old_tables(lake_dir: Path) -> dict[str, str]:
@@ -52,7 +52,7 @@ def old_tables(lake_dir: Path) -> dict[str, str]:
     for name in ("bars", "events"):
         path = tables.table_path(lake_dir, name)
         if tables.exists(path):
-            reason = old_layout_reason(name, DeltaTable(str(path)))
+            reason = old_layout_reason(name, tables.delta_table(path))
             if reason:
                 out[name] = reason
     return out

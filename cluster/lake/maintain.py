@@ -39,7 +39,7 @@ from deltalake import DeltaTable, WriterProperties
 from deltalake.exceptions import CommitFailedError
 
 from cluster.errors import LakeError
-from cluster.lake import layout, retention, tables
+from cluster.lake import layout, retention, storage, tables
 from cluster.lake.registry import TableSpec, spec_for
 
 log = logging.getLogger(__name__)
@@ -54,10 +54,12 @@ _LOG_ENTRY = re.compile(r"^(\d{20})\.(json|crc|checkpoint\..*parquet)$")
 
 def discover(lake_dir: Path) -> list[str]:
     """Names of the Delta tables directly under the lake folder."""
-    root = Path(lake_dir)
-    if not root.is_dir():
-        return []
-    return sorted(p.name for p in root.iterdir() if (p / "_delta_log").is_dir())
+    root = storage.location(lake_dir)
+    if not storage.is_remote(root):
+        if not root.is_dir():
+            return []
+        return sorted(p.name for p in root.iterdir() if (p / "_delta_log").is_dir())
+    return sorted(n for n in storage.subfolders(root) if tables.exists(root / n))
 
 
 def maintain(settings, names: list[str] | None = None, steps: list[str] | None = None,
@@ -65,7 +67,7 @@ def maintain(settings, names: list[str] | None = None, steps: list[str] | None =
     """Run ``steps`` (default all) on ``names`` (default every table); the summary
     ``jobs.maintain`` prints. Publishes ``lake_maintained``."""
     started = time.perf_counter()
-    lake = Path(settings.lake_dir)
+    lake = storage.location(settings.lake_dir)
     found = discover(lake)
     names = list(names or found)
     unknown = sorted(set(names) - set(found))
@@ -106,7 +108,7 @@ class TableMaintenance:
     def table(self) -> DeltaTable:
         """The table at its latest version: opened once, then brought up to date."""
         if self._dt is None:
-            self._dt = DeltaTable(str(self.path))
+            self._dt = tables.delta_table(self.path)
         else:
             self._dt.update_incremental()
         return self._dt
@@ -172,18 +174,11 @@ class TableMaintenance:
     def usage(self) -> dict:
         """Files and bytes the latest version references, and what is on disk."""
         actions = tables.add_actions(self.table())
-        disk_files = disk_bytes = 0
-        for root, dirs, files in os.walk(self.path):
-            dirs[:] = [d for d in dirs if d != "_delta_log"]
-            for f in files:
-                if f.endswith(".parquet"):
-                    disk_files += 1
-                    disk_bytes += os.path.getsize(os.path.join(root, f))
-        log_dir = self.path / "_delta_log"
+        sizes = storage.file_sizes(self.path)
         return {"files": actions.num_rows,
                 "bytes": int(pc.sum(actions["size_bytes"]).as_py() or 0),
-                "disk_files": disk_files, "disk_bytes": disk_bytes,
-                "log_files": sum(1 for _ in log_dir.iterdir()) if log_dir.is_dir() else 0}
+                "disk_files": len(sizes), "disk_bytes": int(sum(sizes)),
+                "log_files": len(storage.listdir(self.path / "_delta_log"))}
 
     def meta(self, step: str, dt: DeltaTable, carry: bool) -> dict:
         meta = {"kind": "maintenance", "step": step,
@@ -219,7 +214,7 @@ class TableMaintenance:
             return {"would_rewrite_files": len(paths), "rows": rows}
         schema = pa.schema(dt.schema().to_arrow())
         root = tables.uri_path(dt)
-        dataset = ds.dataset([f"{root}/{p}" for p in paths], format="parquet", schema=schema)
+        dataset = storage.dataset([f"{root}/{p}" for p in paths], format="parquet", schema=schema)
         written: list[dict] = []
         kept = 0
         try:
@@ -346,17 +341,18 @@ class TableMaintenance:
         after writing a checkpoint at ``oldest`` (so it and every later version
         stay loadable) and one at the latest version (what readers start from)."""
         log_dir = self.path / "_delta_log"
-        doomed = [f for f in os.listdir(log_dir)
+        entries = storage.listdir(log_dir)
+        doomed = [f for f in entries
                   if (m := _LOG_ENTRY.match(f)) and int(m.group(1)) < oldest]
         if self.dry_run or not doomed:
             return len(doomed)
-        if not any(f.startswith(f"{oldest:020d}.checkpoint") for f in os.listdir(log_dir)):
-            at = DeltaTable(str(self.path))
+        if not any(f.startswith(f"{oldest:020d}.checkpoint") for f in entries):
+            at = tables.delta_table(self.path)
             at.load_as_version(oldest)
             at.create_checkpoint()
         self.table().create_checkpoint()  # _last_checkpoint -> the latest
         for f in doomed:
-            (log_dir / f).unlink(missing_ok=True)
+            storage.delete(log_dir / f)
         return len(doomed)
 
 

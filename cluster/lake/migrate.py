@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 from deltalake import DeltaTable, WriterProperties, write_deltalake
 
 from cluster.errors import LakeError
-from cluster.lake import layout, tables
+from cluster.lake import layout, storage, tables
 from cluster.lake.registry import spec_for
 from cluster.schema import BAR_COLUMNS, KEY
 
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 def migrate(lake_dir: Path, dry_run: bool = False) -> dict:
     """Migrate every table in an old layout; returns what was done per table."""
-    lake = Path(lake_dir)
+    lake = storage.location(lake_dir)
     old = layout.old_tables(lake)
     out = {}
     for name, reason in old.items():
@@ -47,8 +47,8 @@ def migrate(lake_dir: Path, dry_run: bool = False) -> dict:
         out[name] = {"reason": reason, **{"bars": _bars, "events": _events}[name](
             tables.table_path(lake, name))}
     cache = lake / "_feature_cache" / "snapshot.pkl"
-    if cache.exists() and not dry_run:
-        cache.unlink()
+    if not dry_run and storage.file_exists(cache):
+        storage.delete(cache)
         out["feature_cache"] = {"removed": str(cache)}
     return out
 
@@ -75,22 +75,22 @@ def _last_writer_versions(dt: DeltaTable, key: list[str]) -> pa.Table:
 
 def _rewrite(dt: DeltaTable, table: pa.Table, spec, meta: dict) -> int:
     """One overwrite commit: new schema, no partitions, rows as given (sorted)."""
-    config = tables.table_config(Path(tables.uri_path(dt)).name)
+    config = tables.table_config(tables.uri_path(dt).rsplit("/", 1)[-1])
     missing = {k: v for k, v in config.items()
                if dt.metadata().configuration.get(k) != v}
     if missing:  # a metadata-only commit; the data stays as it is until the rewrite
         dt.alter.set_table_properties(missing, commit_properties=tables.commit_properties(
             {"kind": "maintenance", "step": "properties"}))
-        dt = DeltaTable(tables.uri_path(dt))
+        dt = tables.delta_table(tables.uri_path(dt))
     write_deltalake(dt, table, mode="overwrite", schema_mode="overwrite", partition_by=[],
                     writer_properties=WriterProperties(max_row_group_size=spec.row_group_rows),
                     commit_properties=tables.commit_properties(meta, exact=True))
-    return DeltaTable(tables.uri_path(dt)).version()
+    return tables.delta_table(tables.uri_path(dt)).version()
 
 
 def _bars(path: Path) -> dict:
     from cluster.lake.bars import STORED_SCHEMA, VERSION_COLUMN, Catalog
-    dt = DeltaTable(str(path))
+    dt = tables.delta_table(path)
     frame = tables.to_frame(tables.plain_strings(pa.table(
         dt.to_pyarrow_table(columns=BAR_COLUMNS))))
     written = _last_writer_versions(dt, KEY)
@@ -113,7 +113,7 @@ def _bars(path: Path) -> dict:
 
 def _events(path: Path) -> dict:
     from cluster.events import SCHEMA
-    dt = DeltaTable(str(path))
+    dt = tables.delta_table(path)
     feed = tables.plain_strings(pa.table(dt.load_cdf(starting_version=0,
                                                      ending_version=dt.version())))
     feed = feed.filter(pc.equal(feed["_change_type"], "insert"))

@@ -158,15 +158,14 @@ def append(lake_dir: Path, table: pa.Table, dt=None):
     """Append ``table`` (SCHEMA) in one commit, through the open table ``dt`` when
     given; returns the table handle to keep. A table that predates the monitoring
     columns gets them (nullable) with this append; old files read them as nulls."""
-    from deltalake import DeltaTable, write_deltalake
     p = path(lake_dir)
     if dt is None and tables.exists(p):
-        dt = DeltaTable(str(p))
+        dt = tables.delta_table(p)
     if dt is None:
-        write_deltalake(str(p), table, mode="append", configuration=tables.TABLE_CONFIG)
-        return DeltaTable(str(p))
+        tables.write(p, table, mode="append", configuration=tables.TABLE_CONFIG)
+        return tables.delta_table(p)
     merge = needs_schema_merge(dt)
-    write_deltalake(dt, table, mode="append", **({"schema_mode": "merge"} if merge else {}))
+    tables.write(dt, table, mode="append", **({"schema_mode": "merge"} if merge else {}))
     return dt
 
 

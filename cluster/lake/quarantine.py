@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
-from deltalake import write_deltalake
 
 from cluster.errors import DataError
 from cluster.lake import tables
@@ -45,8 +44,7 @@ class QuarantineTable:
             "error_type": type(e).__name__, "reason": e.reason, "raw": None,
         } for e in file_errors]
         if records:
-            write_deltalake(str(self.path), pa.Table.from_pylist(records, schema=SCHEMA),
-                            mode="append")
+            tables.write(self.path, pa.Table.from_pylist(records, schema=SCHEMA), mode="append")
         return len(records)
 
     def read(self, ingest_id: str | None = None) -> pd.DataFrame:

@@ -11,7 +11,6 @@ race leaves neither a duplicate row nor a stray file.
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
 from datetime import date, datetime
@@ -21,13 +20,13 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from deltalake import CommitProperties, DeltaTable, PostCommitHookProperties, Schema
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
 from deltalake.transaction import (AddAction, RemoveAction, Transaction,
                                    create_table_with_add_actions)
 
 from cluster.errors import LakeError
+from cluster.lake import storage
 
 META_KEY = "mlops"
 # Set on every table we create. delta-rs otherwise deletes log entries older than
@@ -51,28 +50,44 @@ class WriteConflict(LakeError):
     """Another writer committed first: re-read the table and try again."""
 
 
-def table_path(lake_dir: Path, name: str) -> Path:
-    return Path(lake_dir) / name
+def table_path(lake_dir, name: str) -> "Path | storage.ObjectPath":
+    """A table's location under the lake (a folder, or ``s3://bucket/prefix``)."""
+    return storage.location(lake_dir) / name
+
+
+def delta_table(path, version: int | None = None) -> DeltaTable:
+    """``DeltaTable`` at ``path`` with the lake's storage options (none locally)."""
+    return DeltaTable(str(path), version=version, storage_options=storage.storage_options(path))
+
+
+def write(path, data, **kwargs) -> None:
+    """``write_deltalake`` to the table at ``path`` (or an open DeltaTable)."""
+    from deltalake import write_deltalake
+    if not isinstance(path, DeltaTable):
+        kwargs.setdefault("storage_options", storage.storage_options(path))
+        path = str(path)
+    write_deltalake(path, data, **kwargs)
 
 
 def exists(path: Path) -> bool:
-    return DeltaTable.is_deltatable(str(path))
+    return DeltaTable.is_deltatable(str(path), storage_options=storage.storage_options(path))
 
 
 def open_table(path: Path, version: int | None = None) -> DeltaTable:
     """The table at ``version`` (latest when None), its log read once."""
     try:
         if version is None or version >= 0:
-            return DeltaTable(str(path), version=version)
+            return delta_table(path, version=version)
     except TableNotFoundError:
         raise LakeError(f"no Delta table at {path} (nothing ingested yet?)") from None
     except Exception:
         if not exists(path):
             raise LakeError(f"no Delta table at {path} (nothing ingested yet?)") from None
-    latest = DeltaTable(str(path)).version()
+    latest = delta_table(path).version()
     if version < 0 or version > latest:
-        raise LakeError(f"{Path(path).name} has no version {version} (versions 0..{latest})")
-    dt = DeltaTable(str(path))
+        raise LakeError(f"{storage.location(path).name} has no version {version} "
+                        f"(versions 0..{latest})")
+    dt = delta_table(path)
     dt.load_as_version(version)
     return dt
 
@@ -102,24 +117,34 @@ def commit_meta_at(root: str | Path, version: int) -> dict:
     """Our metadata of commit ``version`` ({} when the commit is another writer's or
     its log entry was cleaned up). Read from that one log entry: delta-rs's
     ``history()`` only walks back from the newest commit."""
-    entry = Path(root) / "_delta_log" / f"{int(version):020d}.json"
+    entry = log_entry(root, version)
     try:
-        with open(entry, encoding="utf-8") as f:
-            for line in f:
-                if line.startswith('{"commitInfo"'):
-                    return commit_meta(json.loads(line)["commitInfo"])
+        if not storage.is_remote(entry):
+            with open(entry, encoding="utf-8") as f:
+                for line in f:
+                    if line.startswith('{"commitInfo"'):
+                        return commit_meta(json.loads(line)["commitInfo"])
+            return {}
+        for line in storage.read_text(entry).splitlines():
+            if line.startswith('{"commitInfo"'):
+                return commit_meta(json.loads(line)["commitInfo"])
     except FileNotFoundError:
         return {}
     return {}
 
 
+def log_entry(root, version: int):
+    """The path of commit ``version``'s log entry."""
+    return storage.location(root) / "_delta_log" / f"{int(version):020d}.json"
+
+
 def commit_entry_exists(root: str | Path, version: int) -> bool:
-    return (Path(root) / "_delta_log" / f"{int(version):020d}.json").exists()
+    return storage.file_exists(log_entry(root, version))
 
 
 def earliest_version(root: str | Path) -> int:
     """The oldest version whose commit is still in the log (lists the log folder)."""
-    found = [int(f[:20]) for f in os.listdir(Path(root) / "_delta_log")
+    found = [int(f[:20]) for f in storage.listdir(storage.location(root) / "_delta_log")
              if len(f) == 25 and f.endswith(".json") and f[:20].isdigit()]
     return min(found) if found else 0
 
@@ -219,13 +244,12 @@ def write_data_file(root: Path, table: pa.Table, name: str, *, row_group_rows: i
     so it can travel from a worker to the committing driver. ``row_group_stats``: the
     columns whose row-group min/max the file records (all by default; a wide table
     names the ones readers prune on)."""
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
     if isinstance(row_group_stats, (list, tuple)):
         row_group_stats = [c for c in row_group_stats if c in table.column_names]
-    pq.write_table(table, root / name, row_group_size=row_group_rows, compression=compression,
-                   use_dictionary=dictionary, write_statistics=row_group_stats)
-    return {"path": name, "size": (root / name).stat().st_size,
+    size = storage.write_parquet(table, storage.location(root) / name,
+                                 row_group_size=row_group_rows, compression=compression,
+                                 use_dictionary=dictionary, write_statistics=row_group_stats)
+    return {"path": name, "size": size,
             "modification_time": int(time.time() * 1000),
             "stats": json.dumps(file_stats(table, stats_columns))}
 
@@ -282,18 +306,19 @@ def commit_files(path: Path, base: DeltaTable | None, files: list[dict], schema:
             create_table_with_add_actions(str(path), Schema.from_arrow(schema), actions,
                                           mode="error",
                                           configuration=configuration or table_config(
-                                              Path(path).name),
+                                              storage.location(path).name),
+                                          storage_options=storage.storage_options(path),
                                           commit_properties=props)
             return 0
         base.create_write_transaction(actions, mode=mode, schema=schema,
                                       commit_properties=props,
                                       post_commithook_properties=PostCommitHookProperties())
     except CommitFailedError as exc:
-        raise WriteConflict(f"{Path(path).name}: another writer committed first ({exc})") \
+        raise WriteConflict(f"{storage.location(path).name}: another writer committed first ({exc})") \
             from exc
     except Exception as exc:  # creating a table another writer just created
         if base is None and exists(path):
-            raise WriteConflict(f"{Path(path).name}: created concurrently ({exc})") from exc
+            raise WriteConflict(f"{storage.location(path).name}: created concurrently ({exc})") from exc
         raise
     if exact:  # it landed at exactly the next version; the caller's handle stays as read
         return base.version() + 1
@@ -303,8 +328,9 @@ def commit_files(path: Path, base: DeltaTable | None, files: list[dict], schema:
 
 def discard_files(root: Path, files: list[dict]) -> None:
     """Delete data files that no commit lists (a lost race's or a failed run's)."""
+    root = storage.location(root)
     for f in files:
-        (Path(root) / f["path"]).unlink(missing_ok=True)
+        storage.delete(root / f["path"])
 
 
 def uri_path(dt: DeltaTable) -> str:

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
-from deltalake import write_deltalake
 
 from cluster.lake import tables
 
@@ -86,9 +85,9 @@ class Table:
             if field.name not in frame:
                 frame = frame.assign(**{field.name: None})
         table = to_arrow(frame, self.schema)
-        write_deltalake(str(self.path), table, mode="append",
-                        commit_properties=tables.commit_properties(meta or {}),
-                        **({} if self.exists() else {"configuration": tables.TABLE_CONFIG}))
+        tables.write(self.path, table, mode="append",
+                     commit_properties=tables.commit_properties(meta or {}),
+                     **({} if self.exists() else {"configuration": tables.TABLE_CONFIG}))
         return tables.open_table(self.path).version()
 
     def read(self, filters: list | None = None, columns: list[str] | None = None
