@@ -26,9 +26,18 @@ def _new(reg: ModelRegistry, name: str, state_path=("validated",)):
     return info.version
 
 
+@pytest.fixture(scope="module")
+def sqlite_home(tmp_path_factory):
+    """One SQLite registry for the module (a fresh MLflow database costs seconds of
+    schema migrations); each test uses its own model names."""
+    home = tmp_path_factory.mktemp("registry") / "home"
+    ModelRegistry(home=home)
+    return home
+
+
 @pytest.fixture
-def sqlite_registry(tmp_path):
-    return ModelRegistry(home=tmp_path / "home")
+def sqlite_registry(sqlite_home):
+    return ModelRegistry(home=sqlite_home)
 
 
 @pytest.fixture
@@ -72,9 +81,9 @@ def test_a_move_claimed_but_not_mirrored_is_completed_by_the_next(sqlite_registr
     assert reg._ledger.unapplied("half") == []
 
 
-def test_a_move_that_loses_the_race_is_refused(sqlite_registry, tmp_path):
+def test_a_move_that_loses_the_race_is_refused(sqlite_registry):
     """Deterministic interleaving: B moves the version between A's read and A's claim."""
-    a, b = sqlite_registry, ModelRegistry(home=tmp_path / "home")
+    a, b = sqlite_registry, ModelRegistry(home=sqlite_registry.home)
     v = _new(a, "race")
     real_claim = a._ledger.claim
 
@@ -119,6 +128,51 @@ def _race(reg: ModelRegistry, name: str, home):
     assert reg.state(name, v) == winners[0]
 
 
+def _first_version_race(reg: ModelRegistry, name: str) -> None:
+    """Deterministic interleaving of two processes registering the first version of a
+    new model at once: A looks the model (and the experiment) up and finds it missing,
+    B then creates and registers it, then A goes on and creates it too. The database
+    refuses A's creates as already existing; A must take that as done and register
+    version 2. (A's lookups are answered as they were before B's writes landed; a
+    second client of the same database plays A.)"""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
+
+    from tests.test_registry import tiny_model
+    assert reg.experiment_id        # the experiment exists (B's earlier runs made it)
+    b_version = reg.register(name, tiny_model(), lineage=_lineage(), report={}, config={},
+                             tags={"who": "b"}).version
+    a = ModelRegistry(tracking_uri=reg.uri, home=reg.home)
+    real_get_model, real_get_exp = a.client.get_registered_model, a.client.get_experiment_by_name
+    seen = {"model": 0, "experiment": 0}
+
+    def stale_get_model(model_name):        # what A read before B's create landed
+        seen["model"] += 1
+        if seen["model"] == 1:
+            raise MlflowException(f"Registered Model with name={model_name} not found",
+                                  RESOURCE_DOES_NOT_EXIST)
+        return real_get_model(model_name)
+
+    def stale_get_exp(exp_name):
+        seen["experiment"] += 1
+        return None if seen["experiment"] == 1 else real_get_exp(exp_name)
+    a.client.get_registered_model = stale_get_model
+    a.client.get_experiment_by_name = stale_get_exp
+    a_version = a.register(name, tiny_model(), lineage=_lineage(), report={}, config={},
+                           tags={"who": "a"}).version
+    assert (b_version, a_version) == ("1", "2")
+    assert seen["model"] >= 1 and seen["experiment"] == 2   # both stale reads were taken
+    assert sorted(v.version for v in reg.search(name=name)) == ["1", "2"]
+    for who, version in (("a", a_version), ("b", b_version)):
+        assert reg.get(name, version).tags["who"] == who
+        assert reg.state(name, version) == "trained"
+        reg.verify(name, version)
+
+
+def test_two_processes_registering_a_new_model_at_once_both_succeed(sqlite_registry):
+    _first_version_race(sqlite_registry, "brand-new")
+
+
 def test_postgres_registry_one_production_race_and_outage(pg_registry, postgres, tmp_path):
     """On PostgreSQL: registration and the production rule, two processes racing on one
     version, and the database gone for a moment: calls fail with a clear error naming
@@ -129,6 +183,7 @@ def test_postgres_registry_one_production_race_and_outage(pg_registry, postgres,
     assert (reg.state("pg", v1), reg.state("pg", v2)) == ("deprecated", "production")
     reg.verify("pg", v2)
     _race(reg, "pg-race", tmp_path / "home")
+    _first_version_race(reg, "pg-new")
 
     postgres.stop("immediate")
     postgres.wait_down()

@@ -213,13 +213,19 @@ class ModelRegistry:
     @property
     def experiment_id(self) -> str:
         if self._experiment_id is None:
+            from mlflow.exceptions import MlflowException
             exp = self.client.get_experiment_by_name(EXPERIMENT)
             if exp is None:
                 artifacts = (self.home / "artifacts").resolve()
                 artifacts.mkdir(parents=True, exist_ok=True)
-                self._experiment_id = self.client.create_experiment(
-                    EXPERIMENT, artifact_location=artifacts.as_uri())
-            else:
+                try:
+                    self._experiment_id = self.client.create_experiment(
+                        EXPERIMENT, artifact_location=artifacts.as_uri())
+                except MlflowException as exc:  # another process created it meanwhile
+                    if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                        raise
+                    exp = self.client.get_experiment_by_name(EXPERIMENT)
+            if exp is not None:
                 self._experiment_id = exp.experiment_id
         return self._experiment_id
 
@@ -252,10 +258,7 @@ class ModelRegistry:
             **self._signed_hash_tags(run_id, hashes, lineage.feature_set),
         }
         with _lock:
-            try:
-                self.client.get_registered_model(name)
-            except Exception:
-                self.client.create_registered_model(name, tags={"mlops.kind": "stock-model"})
+            self._ensure_registered_model(name)
             mv = self.client.create_model_version(name, source=f"runs:/{run_id}/{MODEL_ARTEFACT}",
                                                   run_id=run_id, tags=version_tags)
         return self.get(name, mv.version)
@@ -281,6 +284,24 @@ class ModelRegistry:
                 hashes[fname] = _sha256(blob)
                 self.client.log_artifact(run_id, str(path))
         return hashes
+
+    def _ensure_registered_model(self, name: str) -> None:
+        """Create the registered model unless it exists. Two processes registering the
+        first version of a new model at once both find it missing; one creates it, the
+        other's create is refused as already existing, which is what it wanted. (The
+        version numbers themselves MLflow allocates under a unique key, retrying.)"""
+        from mlflow.exceptions import MlflowException
+        try:
+            self.client.get_registered_model(name)
+            return
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+        try:
+            self.client.create_registered_model(name, tags={"mlops.kind": "stock-model"})
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
 
     # -- lifecycle ---------------------------------------------------------
     def state(self, name: str, version: str | int) -> str:
