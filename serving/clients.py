@@ -12,6 +12,9 @@ reconciles the registry (``serving.control``). Handles stay valid across a
 restart; a client whose actor was removed for good (killed without restart, its
 node lost) looks it up by name again, creating it when nobody else did.
 
+Heartbeats (``sync``) are sealed by the replica (``serving.heartbeat``): the
+clients pass the JSON body and its MAC through unchanged.
+
 Operator calls carry the caller's token (``token=``): the actor checks it and
 writes the audit record. ``jobs.deploy`` reads it from ``MLOPS_TOKEN``, which
 never travels to actors or replicas.
@@ -35,8 +38,8 @@ class LocalControl:
     def __init__(self, plane: ControlPlane):
         self.plane = plane
 
-    async def sync(self, replica_id, revision, loaded, stats):
-        return self.plane.sync(replica_id, revision, loaded, stats)
+    async def sync(self, body: str, mac: str):
+        return self.plane.sync(body, mac)
 
     async def call(self, method: str, *args, **kwargs):
         # deploy/rollback/promote touch the registry and may wait: keep the loop free
@@ -50,9 +53,9 @@ class ActorControl:
         self.handle = handle
         self.deployment = deployment
 
-    async def sync(self, replica_id, revision, loaded, stats):
+    async def sync(self, body: str, mac: str):
         try:
-            return await self.handle.sync.remote(replica_id, revision, loaded, stats)
+            return await self.handle.sync.remote(body, mac)
         except Exception as exc:
             self._refresh(exc)
             raise

@@ -9,8 +9,9 @@ Three parts, each its own module, put together here:
 - ``rollout.Rollout``: the strategies and every registry move, run in a thread
   against this class through ``rollout.RolloutHost``.
 
-The interface, for replicas: ``sync`` (heartbeat; returns the desired state when
-the replica is behind) and ``desired``; for operators: ``deploy``, ``promote``,
+The interface, for replicas: ``sync`` (a heartbeat sealed with the deployment's
+key, ``serving.heartbeat``; returns the desired state when the replica is behind)
+and ``desired``; for operators: ``deploy``, ``promote``,
 ``rollback``, ``transition`` (a lifecycle move) and ``status``. Every mutating
 call goes through ``_authorised``: it needs an operator token (checked against the
 API's token hashes) and writes the audit record -- ok, error or refused -- so a Ray
@@ -26,6 +27,7 @@ registry with what is served, recording what it changed.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 
@@ -34,6 +36,7 @@ from cluster.errors import MlopsError
 from cluster.events import DeploymentChanged, get_bus
 from serving.desired import DesiredState, DesiredStateStore
 from serving.gates import GateReport, Gates, evaluate
+from serving.heartbeat import BadHeartbeat, HeartbeatOpener, heartbeat_key
 from serving.policy import TrafficPolicy
 from serving.replicas import ReplicaRegistry
 from serving.rollout import (DEFAULT_STEPS, Rollout, RolloutAborted, RolloutSpec,
@@ -77,6 +80,8 @@ class ControlPlane:
         self._auth = self._audit = None
         self._registry_dirty = True
         self._last_reconcile = 0.0
+        self._opener: HeartbeatOpener | None = None
+        self._refused_beats, self._refused_logged_at = 0, -math.inf
         self._restore()
 
     # -- collaborators (lazy: MLflow and the lake cost time to open) -------
@@ -112,13 +117,41 @@ class ControlPlane:
                     # replicas record it with every prediction (A/B analysis, "served on")
                     "rollout": (rollout or {}).get("id")}
 
-    def sync(self, replica_id: str, revision: int, loaded: dict[str, str],
-             stats: dict | None = None) -> dict | None:
-        """A replica's heartbeat; returns the desired state when the replica is behind."""
+    def sync(self, body: str, mac: str) -> dict | None:
+        """A replica's heartbeat, sealed by ``serving.heartbeat`` (its JSON body and the
+        HMAC of it under the deployment's key); returns the desired state when the
+        replica is behind. An unsealed, stale or replayed heartbeat is refused
+        (``Unauthorized``) before any of its numbers reach the gates."""
+        try:
+            beat = self._heartbeats().open(body, mac)
+        except (BadHeartbeat, ValueError, KeyError, TypeError) as exc:
+            self._refused_heartbeat(exc)
+            raise Unauthorized(str(exc) if isinstance(exc, BadHeartbeat)
+                               else f"heartbeat refused: malformed ({type(exc).__name__})") \
+                from None
         judging = self.rollout is not None and not self.rollout.done
-        self.replicas.heartbeat(replica_id, revision, loaded, stats, judging)
+        self.replicas.heartbeat(beat["replica"], beat["revision"], beat["loaded"],
+                                beat["stats"], judging)
         self._maybe_reconcile()
-        return self.desired() if int(revision) != self.state.revision else None
+        return self.desired() if int(beat["revision"]) != self.state.revision else None
+
+    def _heartbeats(self) -> HeartbeatOpener:
+        if self._opener is None:
+            self._opener = HeartbeatOpener(heartbeat_key(self.settings, self.deployment))
+        return self._opener
+
+    def _refused_heartbeat(self, exc: Exception) -> None:
+        """Audit refused heartbeats, at most one record a minute (a flood of forged
+        ones must not flood the audit log)."""
+        now = time.monotonic()
+        self._refused_beats += 1
+        if now - self._refused_logged_at < 60.0:
+            return
+        self._refused_logged_at = now
+        self._write_audit("anonymous", f"sync {self.deployment}:heartbeat", "refused: 401",
+                          {"reason": str(exc)[:200], "refused_since_last_record":
+                           self._refused_beats})
+        self._refused_beats = 0
 
     def live_replicas(self) -> dict[str, dict]:
         return self.replicas.live()

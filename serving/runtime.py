@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from cluster.config import Settings, get_settings
 from cluster.errors import MlopsError
 from serving.control import DEFAULT_DEPLOYMENT
+from serving.heartbeat import HeartbeatSealer, heartbeat_key
 from serving.inputs import CrossSection, FeatureReader, serving_feature_set
 from serving.policy import TrafficPolicy
 from serving.predictions import PredictionSink
@@ -90,6 +91,7 @@ class ServingRuntime:
         self.shadow_dropped = 0
         self.last_sync: float | None = None
         self.sync_error: str | None = None
+        self._sealer: HeartbeatSealer | None = None
 
     @property
     def registry(self):
@@ -138,8 +140,11 @@ class ServingRuntime:
         stats = self.stats.drain()
         loaded = {v: "ok" for v in self._loaded} | self._load_errors
         try:
-            desired = await self.control.sync(self.replica_id, self.snapshot.revision, loaded,
-                                              stats)
+            if self._sealer is None:    # reads the key file once
+                key = await asyncio.to_thread(heartbeat_key, self.settings, self.deployment)
+                self._sealer = HeartbeatSealer(key, self.replica_id)
+            body, mac = self._sealer.seal(self.snapshot.revision, loaded, stats)
+            desired = await self.control.sync(body, mac)
         except Exception as exc:
             self.stats.merge(stats)         # keep them for the next heartbeat
             if self.sync_error is None:

@@ -62,6 +62,45 @@ def test_control_calls_need_an_operator_token_and_are_audited(serving_home):
         assert auto[-1]["action"] == f"rollback {name}:{flaky}"
 
 
+def test_heartbeats_must_be_sealed_with_the_deployments_key(serving_home):
+    """A caller without the deployment's key cannot feed the gates: a forged, altered,
+    replayed or stale heartbeat is refused before its numbers are counted, and the
+    refusal is audited (at most once a minute)."""
+    from serving.control import ControlPlane, Unauthorized
+    from serving.heartbeat import HeartbeatSealer, heartbeat_key
+    from serving.stats import StatsBook
+    settings, models = serving_home
+    name = f"beat-{uuid.uuid4().hex[:6]}"
+    plane = ControlPlane(name, settings=settings)
+    stats = StatsBook()
+    for _ in range(50):
+        stats.get("m/2").ok(1.0)
+    wire = stats.drain()
+    mark = len(AuditLog.from_settings(settings).read())
+    forger = HeartbeatSealer(b"k" * 32, "r-forged")                 # not the key
+    other = HeartbeatSealer(heartbeat_key(settings, "another-deployment"), "r-other")
+    for body, mac in (forger.seal(0, {}, wire), other.seal(0, {}, wire),
+                      ("{}", "00"), (None, None)):
+        with pytest.raises(Unauthorized, match="heartbeat refused"):
+            plane.sync(body, mac)
+    replica = HeartbeatSealer(heartbeat_key(settings, name), "r-1")
+    body, mac = replica.seal(-1, {}, wire)     # a fresh replica: nothing applied yet
+    with pytest.raises(Unauthorized, match="not sealed"):     # one byte changed
+        plane.sync(body.replace('"requests":50', '"requests":51'), mac)
+    assert plane.sync(body, mac) == plane.desired()     # behind: gets the desired state
+    assert set(plane.live_replicas()) == {"r-1"}
+    with pytest.raises(Unauthorized, match="replay"):
+        plane.sync(body, mac)
+    stale = HeartbeatSealer(replica.key, "r-2")
+    stale_body, stale_mac = stale.seal(0, {}, None)
+    plane._heartbeats().max_age_s = -1.0
+    with pytest.raises(Unauthorized, match="ago"):
+        plane.sync(stale_body, stale_mac)
+    assert set(plane.live_replicas()) == {"r-1"}
+    (record,) = _records(settings, mark)
+    assert record["result"] == "refused: 401" and record["action"] == f"sync {name}:heartbeat"
+
+
 def test_a_restarted_control_plane_reconciles_the_registry(serving_home):
     from cluster.registry.store import ModelRegistry
     from serving.control import ControlPlane
