@@ -328,6 +328,14 @@ def test_sequence_model_explains_its_window_over_the_api(sequence_home, client):
     assert glob["rows_from"] == "training windows" and glob["rows"] == 32
     assert set(glob["importance"]) == set(FEATURES)
     assert client.get(f"/api/explain/{model_id}", headers=auth("viewer")).json() == glob
+    # a version registered without its training windows: a 422 that says so
+    from cluster.registry.store import Lineage, ModelRegistry
+    old = ModelRegistry.for_settings(settings).register(
+        "x-seq-old", models["lstm"], lineage=Lineage(data_version=3, feature_set="fs-test"),
+        report={"data": {"features": FEATURES}}, config={"kind": "lstm"})
+    res = client.post(f"/api/explain/{old.model_id}/local", json={"row": window[-1]},
+                      headers=auth("viewer"))
+    assert res.status_code == 422 and "training windows" in res.text, res.text
 
 
 def test_rolling_and_ensemble_versions_with_a_sequence_member_explain(sequence_home, client):

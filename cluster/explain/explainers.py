@@ -42,6 +42,7 @@ from cluster.explain.predictor import NotExplainable, row_predictor, window_pred
 EXPLAIN_SEED = 20240607
 BACKGROUND_ROWS = 50         # permutation explainer: rows integrated over per evaluation
 SMALL_BATCH = 64
+MODEL_BATCH = 512            # window explainer: windows per model call
 PERMUTATIONS = 2             # forward + backward passes each; values stay exactly additive
 
 _global_rng_lock = threading.Lock()
@@ -190,6 +191,9 @@ class WindowMasker:
     def __init__(self, background: np.ndarray):
         self.background = np.asarray(background, dtype=np.float32)
         self.shape = (self.background.shape[0], self.background.shape[2])
+        # masks per model call: ~MODEL_BATCH windows (shap's default is 10 masks, i.e.
+        # small torch batches; all 2F+1 at once would hold (2F+1) x background windows)
+        self.default_batch_size = max(1, MODEL_BATCH // max(self.shape[0], 1))
 
     def __call__(self, mask, x):
         out = self.background.copy()
