@@ -149,10 +149,18 @@ def qlib_baselines(bars, work: Path, segments: dict, step: int, cost_bps: float)
                  _qlib_eval(pred, dataset, "test", cost_bps), time.perf_counter() - t0)]
     # Qlib's own rolling: RollingGen over the same task
     t0 = time.perf_counter()
+    # RollingGen's truncation asserts that no segment starts on the calendar's first
+    # day (``TimeAdjuster.truncate``: ``tp_idx > 0``): its rolling tasks start training
+    # one trading day later than the static run (1 of ~750 training days)
+    from qlib.data import D
+    calendar = D.calendar(freq="day")
+    roll_seg = dict(seg)
+    if pd.Timestamp(roll_seg["train"][0]) <= calendar[0]:
+        roll_seg["train"] = (calendar[1].strftime(fmt), roll_seg["train"][1])
     task = {"model": {"class": "LGBModel", "module_path": "qlib.contrib.model.gbdt",
                       "kwargs": QLIB_LGB},
             "dataset": {"class": "DatasetH", "module_path": "qlib.data.dataset",
-                        "kwargs": {"handler": None, "segments": seg}}}
+                        "kwargs": {"handler": None, "segments": roll_seg}}}
     tasks = RollingGen(step=step, rtype=RollingGen.ROLL_EX, ds_extra_mod_func=None,
                        trunc_days=3).generate(task)
     parts = []
