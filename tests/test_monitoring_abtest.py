@@ -55,3 +55,29 @@ def test_planted_difference_finds_the_right_winner():
     lo, hi = out["bootstrap_ci"]
     assert 0 < lo < out["difference"] < hi
     assert out["newey_west_t"] > 2 and out["days"] == DAYS
+
+
+def test_ab_daily_keeps_the_latest_row_and_its_watermark_through_maintenance(tmp_path):
+    """A re-evaluated day supersedes the older row (readers and maintenance's dedupe), and
+    the update's watermark is still read after maintenance commits on top of it."""
+    from datetime import datetime, timedelta, timezone
+
+    from cluster.config import load_settings
+    from cluster.lake.maintain import maintain
+    from cluster.monitoring import abdaily
+    settings = load_settings(home=tmp_path)
+    table, now = abdaily.table(settings.lake_dir), datetime.now(timezone.utc)
+    row = dict(rollout_id="r", arm="a/1", date=pd.Timestamp("2020-01-02"), rows=10, keys=8,
+               rank_ic=0.1, evaluated_at=now)
+    table.append(pd.DataFrame([row]), {"pending_from": None, "predictions_version": 3})
+    table.append(pd.DataFrame([row | {"rows": 12, "rank_ic": 0.2,
+                                      "evaluated_at": now + timedelta(seconds=1)}]),
+                 {"pending_from": "2020-01-03", "predictions_version": 4})
+    want = [{"arm": "a/1", "rows": 12, "rank_ic": 0.2}]
+    assert abdaily.stored(settings.lake_dir)[["arm", "rows", "rank_ic"]].to_dict("records") \
+        == want
+    assert not maintain(settings, ["ab_daily"])["errors"]
+    assert len(table.read()) == 1
+    assert abdaily.stored(settings.lake_dir)[["arm", "rows", "rank_ic"]].to_dict("records") \
+        == want
+    assert table.last_meta() == {"pending_from": "2020-01-03", "predictions_version": 4}

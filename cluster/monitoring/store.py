@@ -99,12 +99,14 @@ class Table:
         return to_frame(pa.table(dt.to_pyarrow_table(columns=columns, filters=filters or None)))
 
     def last_meta(self) -> dict:
-        """The metadata of the newest commit that carried ours."""
+        """The metadata of the newest commit that carried ours. Maintenance's commits
+        (``kind: maintenance``: compaction, properties) carry their own and are passed
+        over: the watermark of the last run must survive a maintenance pass."""
         if not self.exists():
             return {}
         for entry in tables.open_table(self.path).history(20):
             meta = tables.commit_meta(entry)
-            if meta:
+            if meta and meta.get("kind") != "maintenance":
                 return meta
         return {}
 
