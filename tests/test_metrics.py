@@ -3,7 +3,8 @@ import numpy as np
 import pandas as pd
 from hypothesis import given, strategies as st
 
-from cluster.training.metrics import DailyIC, daily_ic, evaluate, long_short_backtest
+from cluster.training.metrics import (DailyIC, daily_ic, evaluate, long_short_backtest,
+                                      long_short_days)
 
 
 @st.composite
@@ -58,3 +59,20 @@ def test_backtest_perfect_foresight_and_turnover():
     assert long_short_backtest(const, ret, topk=2)["turnover"] == 0.0
     m = evaluate(ret, ret, ret, topk=2)
     assert np.isclose(m["ic"], 1.0) and np.isclose(m["rank_ic"], 1.0) and m["mse"] == 0.0
+
+
+def test_backtest_days_are_what_the_summary_summarises():
+    """The days the training report keeps (the console's equity curves) compound to the
+    summary's figures."""
+    idx = pd.MultiIndex.from_product([pd.bdate_range("2021-01-04", periods=40),
+                                      [f"I{i}" for i in range(8)]],
+                                     names=["datetime", "instrument"])
+    rng = np.random.default_rng(1)
+    ret = pd.Series(rng.normal(0, 0.01, len(idx)), index=idx)
+    pred = ret + pd.Series(rng.normal(0, 0.02, len(idx)), index=idx)
+    days, topk, _ = long_short_days(pred, ret, None, 10.0)
+    summary = long_short_backtest(pred, ret, None, 10.0)
+    assert topk == summary["topk"] and len(days) == summary["days"] == 40
+    wealth = (1 + days["net"]).cumprod()
+    assert np.isclose((wealth / wealth.cummax() - 1).min(), summary["max_drawdown"])
+    assert (days["gross"] >= days["net"]).all()

@@ -60,6 +60,11 @@ def test_lightgbm_through_engine_registers_with_lineage(setup):
         assert key in test
     assert test["ic"] > 0.1, "the planted signal is found"
     assert test["ls_cost_bps"] == 10.0 and test["ls_annual_return"] < test["ls_gross_annual_return"]
+    # the daily long-short series (the console's equity curves), one per segment
+    assert set(rep["backtest"]) == set(rep["metrics"])
+    bt = rep["backtest"]["test"]
+    assert len(bt["dates"]) == len(bt["returns"]) == test["ls_days"]
+    assert bt["dates"] == sorted(bt["dates"]) and bt["dates"][-1] <= rep["data"]["segments"]["test"][1]
     assert list(rep["feature_importance"])[:2] == ["f0", "f1"]
     assert rep["data"]["data_version"] == 3 and rep["data"]["instruments"] == 30
     reg = ModelRegistry(home=settings.home)

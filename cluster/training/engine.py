@@ -27,7 +27,7 @@ from cluster.errors import MlopsError, TrainingStopped
 from cluster.events import EventBus, TrainingProgress, get_bus
 from cluster.features.qlib_bridge import build_dataset, default_segments
 from cluster.models.zoo import model_config, spec
-from cluster.training.metrics import evaluate
+from cluster.training.metrics import evaluate, long_short_days
 from cluster.training.stop import StopFlag
 
 log = logging.getLogger(__name__)
@@ -126,10 +126,15 @@ class TrainingEngine:
                     report["history"] = _clean(model.history)
 
                 self._stage(report, "evaluating")
+                frames: dict = {}
                 result_metrics = evaluate_segments(model, dataset, request.topk,
                                                    self.settings.training.cost_bps,
-                                                   request.eval_segments, predictions)
+                                                   request.eval_segments, frames)
+                if predictions is not None:
+                    predictions.update(frames)
                 report["metrics"] = result_metrics
+                report["backtest"] = backtest_days(frames, request.topk,
+                                                   self.settings.training.cost_bps)
                 report["feature_importance"] = _importance(
                     model, dataset, request.importance_max_dates) if request.importance else {}
                 report["duration_seconds"] = round(time.time() - started, 3)
@@ -245,6 +250,18 @@ def evaluate_frame(frame: pd.DataFrame, topk=None, cost_bps: float = 0.0) -> dic
     """Metrics of a :func:`segment_predictions` frame (IC vs the learning label, the
     backtest on the raw label: realised returns)."""
     return _clean([evaluate(frame["pred"], frame["label"], frame["raw"], topk, cost_bps)])[0]
+
+
+def backtest_days(frames: dict, topk=None, cost_bps: float = 0.0) -> dict:
+    """Per segment, the long-short backtest's days (dates and net returns, as the
+    metrics' ``ls_*`` figures summarise them): the report keeps them so that versions
+    can be compared by their equity curves."""
+    out = {}
+    for segment, frame in frames.items():
+        days, _, _ = long_short_days(frame["pred"], frame["raw"], topk, cost_bps)
+        out[segment] = {"dates": [pd.Timestamp(d).date().isoformat() for d in days.index],
+                        "returns": [round(float(v), 8) for v in days["net"]]}
+    return out
 
 
 def evaluate_segments(model, dataset, topk=None, cost_bps: float = 0.0,

@@ -153,29 +153,17 @@ def _annualised(r: pd.Series) -> tuple[float, float]:
     return float(r.mean() * TRADING_DAYS), sharpe
 
 
-def long_short_backtest(pred: pd.Series, returns: pd.Series, topk: int | None = None,
-                        cost_bps: float = 0.0) -> dict[str, float]:
-    """Each day go long the ``topk`` highest predictions and short the ``topk`` lowest,
-    equal-weighted (+1/k and -1/k), rebalanced daily.
-
-    - Ranking sorts by prediction, ties broken by instrument id (ascending), so the
-      books never depend on row order: among equal predictions the later ids go long.
-    - Gross day return: mean realised return of the longs minus that of the shorts
-      (``returns`` is the realised next-day return of each row, the raw label).
-    - Costs: ``cost_bps`` per unit of traded notional on each side, a buy and a sell
-      each paying it: traded notional = sum over names of |w_today - w_yesterday|
-      (2.0 on the first day, when both books are bought; 4.0 when both books are
-      replaced entirely). Net day return = gross - cost_bps / 1e4 * traded.
-      Weight drift within the day is ignored; the book is not closed at the end.
-    - Days with fewer than ``2 * topk`` rows are skipped (the book is carried).
-    - ``turnover``: mean fraction of both books replaced per day after the first.
-    ``annual_return``/``sharpe``/``max_drawdown`` are net of costs; the gross figures
-    are reported beside them."""
+def long_short_days(pred: pd.Series, returns: pd.Series, topk: int | None = None,
+                    cost_bps: float = 0.0) -> tuple[pd.DataFrame, int, list[float]]:
+    """The days of :func:`long_short_backtest`: a frame indexed by date with the
+    ``gross`` and ``net`` return of each day traded, the ``topk`` used and each day's
+    turnover after the first (the console draws the equity curve from ``net``)."""
     frame = pd.DataFrame({"pred": pred, "ret": returns}).replace([np.inf, -np.inf], np.nan)
     frame = frame.dropna()
     cost = float(cost_bps) / 1e4
+    empty = pd.DataFrame({"gross": [], "net": []}, dtype=float)
     if frame.empty:
-        return _empty_backtest(0, float(cost_bps))
+        return empty, 0, []
     if topk is None:
         per_day = frame.groupby(level="datetime").size().median()
         topk = max(1, int(round(per_day * 0.1)))
@@ -202,11 +190,35 @@ def long_short_backtest(pred: pd.Series, returns: pd.Series, topk: int | None = 
         dates.append(date)
         prev = weights
     if not net:
-        return _empty_backtest(int(topk), float(cost_bps))
-    r = pd.Series(net, index=dates)
+        return empty, int(topk), []
+    return pd.DataFrame({"gross": gross, "net": net}, index=dates), int(topk), turnover
+
+
+def long_short_backtest(pred: pd.Series, returns: pd.Series, topk: int | None = None,
+                        cost_bps: float = 0.0) -> dict[str, float]:
+    """Each day go long the ``topk`` highest predictions and short the ``topk`` lowest,
+    equal-weighted (+1/k and -1/k), rebalanced daily.
+
+    - Ranking sorts by prediction, ties broken by instrument id (ascending), so the
+      books never depend on row order: among equal predictions the later ids go long.
+    - Gross day return: mean realised return of the longs minus that of the shorts
+      (``returns`` is the realised next-day return of each row, the raw label).
+    - Costs: ``cost_bps`` per unit of traded notional on each side, a buy and a sell
+      each paying it: traded notional = sum over names of |w_today - w_yesterday|
+      (2.0 on the first day, when both books are bought; 4.0 when both books are
+      replaced entirely). Net day return = gross - cost_bps / 1e4 * traded.
+      Weight drift within the day is ignored; the book is not closed at the end.
+    - Days with fewer than ``2 * topk`` rows are skipped (the book is carried).
+    - ``turnover``: mean fraction of both books replaced per day after the first.
+    ``annual_return``/``sharpe``/``max_drawdown`` are net of costs; the gross figures
+    are reported beside them. The days themselves: :func:`long_short_days`."""
+    days, topk, turnover = long_short_days(pred, returns, topk, cost_bps)
+    if days.empty:
+        return _empty_backtest(topk, float(cost_bps))
+    r = days["net"]
     wealth = (1 + r).cumprod()
     annual, sharpe = _annualised(r)
-    g_annual, g_sharpe = _annualised(pd.Series(gross, index=dates))
+    g_annual, g_sharpe = _annualised(days["gross"])
     return {
         "annual_return": annual, "sharpe": sharpe,
         "gross_annual_return": g_annual, "gross_sharpe": g_sharpe,
