@@ -9,9 +9,12 @@ the token may travel in it; never in the URL, which lands in logs)::
 ``token`` may be left out when the upgrade request carried ``Authorization: Bearer``.
 Every field but the token is optional. The server then sends, oldest first, every
 persisted event with offset > ``after`` that matches, as
-``{"offset": N, "event": {...}}``, and ``{"heartbeat": true, "offset": N}`` when idle:
+``{"offset": N, "event": {...}}``, and ``{"heartbeat": true, "offset": N}`` when idle
+(also at once when the subscription has nothing to send yet: it confirms it):
 ``N`` is the offset to resume from after a reconnect (``after = N``): nothing is lost
 and nothing repeated, because offsets are the events table's commit order.
+``"after": "latest"`` starts after the newest event at subscription time (the console's
+pages: only what happens while they are open).
 
 ``model`` matches an event's model type, registry name, model id (``name/version``),
 a deployment's name or a version in its split. Closes: 4401 no or unknown token,
@@ -21,7 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import BaseModel, Field, ValidationError
@@ -37,7 +42,9 @@ FIRST_FRAME_S = 30.0
 
 class Subscribe(BaseModel):
     token: str | None = None
-    after: int = Field(-1, ge=-1)
+    # an offset, or "latest": only events published after the subscription (a page
+    # that shows what happens from now on need not replay the whole history)
+    after: Annotated[int, Field(ge=-1)] | Literal["latest"] = -1
     types: list[str] | None = None
     model: str | None = None
     run_id: str | None = None
@@ -98,7 +105,7 @@ def router(ctx: ApiContext) -> APIRouter:
 
 async def _stream(ws: WebSocket, ctx: ApiContext, sub: Subscribe) -> None:
     bus = ctx.bus
-    after = sub.after
+    after = await asyncio.to_thread(bus.last_offset) if sub.after == "latest" else sub.after
     closed = asyncio.Event()
 
     async def watch() -> None:          # the client's frames: only a close matters
@@ -112,7 +119,9 @@ async def _stream(ws: WebSocket, ctx: ApiContext, sub: Subscribe) -> None:
         closed.set()
 
     watcher = asyncio.create_task(watch())
-    last_sent = time.monotonic()
+    # -inf: with nothing to send at once, the first pass sends a heartbeat, so the
+    # client knows it is subscribed (and from which offset) without waiting
+    last_sent = -math.inf
     try:
         while not closed.is_set():
             found = await asyncio.to_thread(bus.read, after, sub.types)

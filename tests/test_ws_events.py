@@ -162,3 +162,21 @@ def test_subscription_auth_and_filters(setup):
     msg = first({"after": 0, "types": ["model_registered"]},
                 headers={"Authorization": f"Bearer {TOKEN}"})
     assert msg["event"]["name"] == "other" and msg["offset"] == 2
+
+
+def test_after_latest_delivers_only_what_is_published_after_subscribing(setup):
+    """The console's pages subscribe with ``"after": "latest"``: nothing older arrives."""
+    client, ctx, *_ = setup
+    bus = EventBus(Path(tempfile.mkdtemp()))
+    ctx.bus = bus
+    for v in ("1", "2"):
+        bus.publish(ModelRegistered(name="old", version=v))
+    before = bus.last_offset()
+    with client.websocket_connect("/ws/events") as ws:
+        ws.send_text(json.dumps({"token": TOKEN, "after": "latest",
+                                 "types": ["model_registered"]}))
+        hello = json.loads(ws.receive_text())       # the subscription, confirmed at once
+        assert hello == {"heartbeat": True, "offset": before}
+        bus.publish(ModelRegistered(name="new", version="3"))
+        msg = json.loads(ws.receive_text())
+    assert msg["offset"] > before and msg["event"]["name"] == "new"
