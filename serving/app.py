@@ -54,6 +54,8 @@ def create_app(runtime: ServingRuntime, queue=None) -> FastAPI:
     errors.install(app)
     for build in ROUTERS:
         app.include_router(build(ctx))
+    from serving.compression import ApiGZip     # large /api answers gzipped (console)
+    app.add_middleware(ApiGZip)
     from serving.console import mount_console   # the web console's pages, outside /api
     mount_console(app, ctx.auth)
     return app

@@ -88,3 +88,32 @@ def test_whoami_names_the_role_and_refuses_unknown_tokens(client):
 def test_console_routes_stay_out_of_the_openapi_document(client):
     paths = client.get("/openapi.json").json()["paths"]
     assert not [p for p in paths if p == "/" or p.startswith("/console")]
+
+
+def test_large_api_answers_are_gzipped_and_predict_is_left_alone():
+    from fastapi.responses import JSONResponse
+
+    from serving.compression import ApiGZip
+    app = FastAPI()
+    big = {"rows": [{"feature": f"f{i}", "value": i / 7} for i in range(2000)]}
+
+    @app.get("/api/big")
+    async def api_big():
+        return big
+
+    @app.get("/api/small")
+    async def api_small():
+        return {"ok": True}
+
+    @app.post("/predict")
+    async def predict():
+        return JSONResponse(big)
+
+    app.add_middleware(ApiGZip)
+    with TestClient(app) as c:
+        res = c.get("/api/big", headers={"Accept-Encoding": "gzip"})
+        assert res.headers["content-encoding"] == "gzip" and res.json() == big
+        assert int(res.headers["content-length"]) < len(res.content) / 3
+        assert "content-encoding" not in c.get("/api/small").headers
+        assert "content-encoding" not in c.post("/predict",
+                                                headers={"Accept-Encoding": "gzip"}).headers
