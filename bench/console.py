@@ -82,6 +82,7 @@ def main(argv=None) -> None:
                                        find_chromium, open_tab, tokens_env)
     os.environ["MLOPS_API_TOKENS"] = tokens_env()
     os.environ["MLOPS_QUEUE__DASHBOARD_ADDRESS"] = "http://127.0.0.1:9"   # no jobs here
+    os.environ["MLOPS_QUEUE__RUN_IN_API"] = "false"
     from cluster.config import get_settings, reset_settings
     from cluster.registry.store import ModelRegistry
     from serving.console import MENU

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 
 pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install "
@@ -171,7 +172,7 @@ def _features(page, console):
     catalog = api_get(console, "/api/features")
     assert page.locator("#feature-stock option").count() == len(catalog["instruments"])
     stock = page.input_value("#feature-stock")
-    data = api_get(console, f"/api/features/{stock}")
+    data = api_get(console, f"/api/features/{stock}?limit=250")     # the page's default year
     assert f"{stock}: {data['rows']} days" in page.inner_text("#price-note")
     price = {t["name"]: t for t in _plot(page, "price-chart")}
     assert price["price"]["type"] == "candlestick"
@@ -193,7 +194,10 @@ def _monitoring(page, console):
     assert page.inner_text('[data-kpi="days"] .value') == str(len(rows))
     rolling = {t["name"]: t for t in _plot(page, "ic-chart")}["rolling 20"]
     assert rolling["y"] == [r["rank_ic_20"] for r in rows]
-    drift = api_get(console, f"/api/monitoring/drift/{model}")["rows"]
+    days = sorted({r["date"] for r in api_get(
+        console, f"/api/monitoring/models/{model}/metrics")["rows"]})
+    since = days[max(0, len(days) - 120)]           # the page's window: the last 120 days
+    drift = api_get(console, f"/api/monitoring/drift/{model}?since={since}")["rows"]
     heat = _plot(page, "drift-heatmap")[0]
     assert len(heat["x"]) == len({r["date"] for r in drift})
     alerts = api_get(console, "/api/monitoring/alerts")["alerts"]
@@ -276,6 +280,11 @@ def test_compare_two_models_and_open_and_download_a_training_report(tab, console
     for v in compared["versions"]:
         assert f"{v['metrics']['test_rank_ic']:.4f}" in table
     assert compared["best"]["test_rank_ic"] in table
+    equity = {t["name"]: t for t in _plot(page, "compare-equity")}
+    for model_id in (a, b):
+        bt = api_get(console, f"/api/models/{model_id}/training-report")["backtest"]["test"]
+        assert equity[model_id]["x"] == bt["dates"]
+        assert equity[model_id]["y"][-1] == pytest.approx(float(np.prod(1 + np.array(bt["returns"]))))
     shot(page, "models-compare")
 
     page.click(f'[data-report="{a}"]')
@@ -384,6 +393,7 @@ def test_a_deployment_change_and_an_alert_appear_on_the_dashboard_without_a_relo
     from cluster.monitoring.monitor import Monitor
     t = tab("viewer")
     page = t.open("/")
+    page.wait_for_selector("body[data-stream=live]")
     page.evaluate("window.__same_page = true")
     candidate = console.demo.candidate
     assert page.locator(f'[data-split="{candidate}"]').count() == 1

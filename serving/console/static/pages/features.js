@@ -11,6 +11,7 @@ const OVERLAYS = {
   SMA: /^sma_\d+$/, EMA: /^ema_\d+$/, Bollinger: /^bb_(upper|mid|lower)$/, SAR: /^sar$/, VWAP: /^vwap_\d+$/,
 };
 const OSCILLATORS = /^(rsi_\d+|stoch_[kd]|willr_\d+)$/;
+const DEFAULT_DAYS = 250;          // without dates: the last trading year
 let catalog = null;
 let frame = [];
 const shown = new Set(["SMA", "Bollinger"]);
@@ -75,6 +76,7 @@ async function load() {
   const q = new URLSearchParams();
   if ($("#feature-start").value) q.set("start", $("#feature-start").value);
   if ($("#feature-end").value) q.set("end", $("#feature-end").value);
+  else if (!$("#feature-start").value) q.set("limit", DEFAULT_DAYS);
   const data = await api(`/api/features/${encodeURIComponent(stock)}?${q}`);
   const prices = new Map((data.bars || []).map(b => [b.date, b]));
   frame = (data.records || []).map(r => ({ ...(prices.get(r.date) || {}), ...r }));

@@ -9,6 +9,7 @@ import { sections, startPage } from "../page.js";
 import { $, el, kpi, replace } from "../ui.js";
 
 const TOP_FEATURES = 30;
+const DRIFT_DAYS = 120;
 let driftRows = [];
 
 function drawMetrics(modelId, rows) {
@@ -68,13 +69,17 @@ async function orMissing(work, where) {
 
 async function load(modelId) {
   await sections([
-    () => orMissing(async () => drawMetrics(modelId,
-      (await api(`/api/monitoring/models/${modelId}/metrics`)).rows),
-      ["monitor-kpis", "ic-chart", "decay-chart", "drift-score-chart", "latency-chart"]),
     () => orMissing(async () => {
-      driftRows = (await api(`/api/monitoring/drift/${modelId}`)).rows;
-      drawDrift();
-    }, ["drift-heatmap"]),
+      const rows = (await api(`/api/monitoring/models/${modelId}/metrics`)).rows;
+      drawMetrics(modelId, rows);
+      // the heat map covers the last DRIFT_DAYS evaluated days (every feature, every day)
+      const days = [...new Set(rows.map(r => r.date))].sort();
+      const since = days[Math.max(0, days.length - DRIFT_DAYS)];
+      await orMissing(async () => {
+        driftRows = (await api(`/api/monitoring/drift/${modelId}` + (since ? `?since=${since}` : ""))).rows;
+        drawDrift();
+      }, ["drift-heatmap"]);
+    }, ["monitor-kpis", "ic-chart", "decay-chart", "drift-score-chart", "latency-chart", "drift-heatmap"]),
     alerts,
   ]);
 }
