@@ -108,6 +108,18 @@ class ConsoleServer:
         raise AssertionError(f"deployment still {self.plane.status()['state']}, wanted {states}")
 
 
+def cancel_jobs(settings) -> list[str]:
+    """Cancel every job of this home's queue still waiting or active (its Ray job is
+    stopped): a test that failed half-way leaves no training run holding a CPU of the
+    session's shared private cluster. Returns the ids cancelled."""
+    from cluster.resources import ACTIVE, WAITING, JobQueue
+    queue = JobQueue.for_settings(settings)
+    jobs = queue.list(WAITING + ACTIVE, limit=10_000)
+    for job in jobs:
+        queue.cancel(job.id, "test over")
+    return [j.id for j in jobs]
+
+
 def auth(role: str) -> dict:
     return {"Authorization": f"Bearer {TOKENS[role]}"}
 

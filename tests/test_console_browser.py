@@ -19,7 +19,8 @@ pytest.importorskip("playwright.sync_api", reason="playwright is not installed (
 
 from serving.console import MENU  # noqa: E402
 from tests.console_support import (SCREENSHOTS, ConsoleServer, auth, chromium_browser,  # noqa: E402
-                                   build_demo, find_chromium, open_tab, tokens_env, TOKENS)
+                                   build_demo, cancel_jobs, find_chromium, open_tab,
+                                   tokens_env, TOKENS)
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +57,10 @@ def console(chromium, request, tmp_path_factory):
             server.demo = build_demo(server)
             server.model_id = server.demo.incumbent
             server.cluster_error = cluster_error
-            yield server
+            try:
+                yield server
+            finally:            # a failed test leaves no run on the shared cluster
+                cancel_jobs(get_settings())
     reset_settings()
 
 
@@ -307,6 +311,26 @@ def _set_param(page, name, value):
     page.fill(f'[data-param="{name}"]', str(value))
 
 
+# Installed in the page: every value the live modal's data-stage / data-percent takes,
+# in order (each MutationRecord's oldValue is the value before it; the last is current).
+RECORD_LIVE = """() => {
+  window.__live = {"data-stage": [], "data-percent": []};
+  new MutationObserver((records) => {
+    for (const name of Object.keys(window.__live)) {
+      const mine = records.filter(r => r.target.id === "training-live" && r.attributeName === name);
+      mine.forEach((r, i) => window.__live[name].push(
+        i + 1 < mine.length ? mine[i + 1].oldValue : r.target.getAttribute(name)));
+    }
+  }).observe(document.body, {subtree: true, attributes: true, attributeOldValue: true,
+                             attributeFilter: Object.keys(window.__live)});
+}"""
+
+
+def _runs(values):
+    """Consecutive repeats collapsed: the stages in the order they came."""
+    return [v for i, v in enumerate(values) if i == 0 or values[i - 1] != v]
+
+
 def test_live_training_runs_to_completed_and_another_is_stopped(tab, console):
     """A run started from the form is a queued Ray job whose progress the modal shows
     over the WebSocket until completed; a second, long run is stopped from the modal."""
@@ -320,16 +344,23 @@ def test_live_training_runs_to_completed_and_another_is_stopped(tab, console):
     for name, value in {"num_boost_round": 40, "num_leaves": 7, "early_stopping_rounds": 40,
                         "report_every": 5}.items():
         _set_param(page, name, value)
+    page.evaluate(RECORD_LIVE)
     page.click("#train-form button[type=submit]")
     page.wait_for_selector("#training-live[open]")
-    page.wait_for_selector("#training-live[data-stage=training]", timeout=240_000)
     page.wait_for_selector("#training-live[data-done]", timeout=240_000)
     assert page.get_attribute("#training-live", "data-done") == "completed"
     assert page.get_attribute("#training-live", "data-percent") == "100"
     progress = api_get(console, "/api/models/stock-console/progress")
     assert progress["state"] == "completed"
-    log = page.inner_text("#live-log").splitlines()
+    # every state the modal went through, as it went (a fast run passes "training" in
+    # less than Playwright's 500 ms polling step, so it is recorded, not polled for)
+    shown = page.evaluate("window.__live")
     stages = [e["stage"] for e in progress["events"]]
+    assert _runs(shown["data-stage"]) == ["queued", *_runs(stages)]
+    assert "training" in stages and stages[-1] == "completed"
+    pct = [float(v) for v in shown["data-percent"]]
+    assert pct == sorted(pct) and pct[-1] == 100 and len(set(pct)) > 3, pct
+    log = page.inner_text("#live-log").splitlines()
     assert len(log) == len(stages) + 1          # + the "queued" line the start wrote
     assert [line.split()[1] for line in log[1:]] == stages
     loss = {tr["name"]: tr for tr in _plot(page, "live-loss")}
@@ -344,7 +375,7 @@ def test_live_training_runs_to_completed_and_another_is_stopped(tab, console):
 
     # a long run, stopped from the modal
     for name, value in {"num_boost_round": 200000, "early_stopping_rounds": 200000,
-                        "learning_rate": 0.0001, "report_every": 20}.items():
+                        "learning_rate": 0.0001, "report_every": 500}.items():
         _set_param(page, name, value)
     page.click("#train-form button[type=submit]")
     page.wait_for_selector("#training-live[data-stage=training]", timeout=240_000)

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from tests.console_support import cancel_jobs
 from tests.test_serving_support import TOKENS, auth
 
 
@@ -30,11 +31,14 @@ def queued_api(private_cluster, tmp_path_factory):
         ingest("synthetic", stocks=6, days=160, seed=3)
         FeaturePipeline(settings).run(incremental=True, use_ray=False)
         with in_process(settings, "queue") as (client, _plane, _runtime):
-            yield settings, client, private_cluster
+            try:
+                yield settings, client, private_cluster
+            finally:        # a failed test leaves no run on the shared cluster
+                cancel_jobs(settings)
     reset_settings()
 
 
-def stream(client, name: str, after: int, until, timeout_s: float = 600):
+def stream(client, name: str, after: int, until, timeout_s: float = 300):
     """The run's training_progress events over /ws/events until ``until(event)``."""
     got = []
     deadline = time.monotonic() + timeout_s
@@ -61,6 +65,16 @@ def wait_job(client, job_id: str, states, timeout_s: float = 300) -> dict:
     raise AssertionError(f"job {job_id} still {job['state']}")
 
 
+def start(client, name: str, body: dict) -> dict:
+    res = client.post(f"/api/models/{name}/training/start", json=body, headers=auth("operator"))
+    assert res.status_code == 202, res.text
+    return res.json()
+
+
+def ended(event) -> bool:
+    return event["stage"] in ("completed", "failed")
+
+
 def test_capacity_comes_from_the_cluster(queued_api):
     _, client, cluster = queued_api
     body = client.get("/api/cluster", headers=auth("viewer")).json()
@@ -69,16 +83,21 @@ def test_capacity_comes_from_the_cluster(queued_api):
 
 
 def test_training_over_the_api_streams_to_completed_then_one_is_stopped(queued_api):
+    """Two runs queued at once (one CPU each: the cluster's two), so their Ray jobs
+    start side by side: a linear one followed to completed, a long LightGBM one
+    stopped from the API once it reports a boosting round."""
     from ray.job_submission import JobSubmissionClient
     settings, client, cluster = queued_api
-    res = client.post("/api/models/e2e-linear/training/start",
-                      json={"model_type": "linear", "cpus": 1}, headers=auth("operator"))
-    assert res.status_code == 202, res.text
-    run = res.json()
-    events = stream(client, "e2e-linear", run["events_offset"],
-                    lambda e: e["stage"] in ("completed", "failed"))
+    run = start(client, "e2e-linear", {"model_type": "linear", "cpus": 1})
+    long = start(client, "e2e-lgb", {
+        "model_type": "lightgbm", "cpus": 1,
+        "params": {"num_boost_round": 200000, "early_stopping_rounds": 200000,
+                   "learning_rate": 0.0001, "report_every": 500}})
+
+    events = stream(client, "e2e-linear", run["events_offset"], ended)
     stages = [m["event"]["stage"] for m in events]
     assert stages[0] == "preparing" and stages[-1] == "completed", stages
+    assert "training" in stages
     assert {m["event"]["run_id"] for m in events} == {run["run_id"]}
     offsets = [m["offset"] for m in events]
     assert offsets == sorted(set(offsets))
@@ -91,20 +110,16 @@ def test_training_over_the_api_streams_to_completed_then_one_is_stopped(queued_a
     report = client.get("/api/models/e2e-linear/training-report", headers=auth("viewer")).json()
     assert report["status"] == "completed" and report["registry"]["name"] == "e2e-linear"
 
-    # a long LightGBM run, stopped from the API once it reports progress
-    res = client.post("/api/models/e2e-lgb/training/start", json={
-        "model_type": "lightgbm", "cpus": 1,
-        "params": {"num_boost_round": 100000, "early_stopping_rounds": 100000,
-                   "report_every": 5}}, headers=auth("operator"))
-    assert res.status_code == 202, res.text
-    run = res.json()
-    stream(client, "e2e-lgb", run["events_offset"], lambda e: e.get("epoch") is not None)
+    # the long run: stopped once it has reported a boosting round (trees report rounds,
+    # not epochs)
+    rounds = stream(client, "e2e-lgb", long["events_offset"],
+                    lambda e: e.get("round") is not None or ended(e))
+    assert rounds[-1]["event"]["stage"] == "training", rounds[-1]
     res = client.post("/api/models/e2e-lgb/training/stop", headers=auth("operator"))
     assert res.status_code == 200 and res.json()["stop_requested"], res.text
-    end = stream(client, "e2e-lgb", run["events_offset"],
-                 lambda e: e["stage"] in ("completed", "failed"))[-1]["event"]
+    end = stream(client, "e2e-lgb", long["events_offset"], ended)[-1]["event"]
     assert end["stage"] == "failed" and end["message"].startswith("stopped"), end
-    job = wait_job(client, run["job_id"], ("succeeded", "failed", "stopped"))
+    job = wait_job(client, long["job_id"], ("succeeded", "failed", "stopped"))
     assert job["state"] in ("failed", "stopped")
     progress = client.get("/api/models/e2e-lgb/progress", headers=auth("viewer")).json()
-    assert progress["state"] == "failed" and progress["run_id"] == run["run_id"]
+    assert progress["state"] == "failed" and progress["run_id"] == long["run_id"]
