@@ -2,6 +2,8 @@
 this machine, each its own temp dir, labelled ``head`` / ``worker``), the jobs submitted
 with ``ray job submit --working-dir .``, the registry on PostgreSQL and the lake on a
 folder every node sees. Ray's state API shows where feature blocks and trials ran.
+The Tune run also loses a node: an extra small worker, SIGKILLed while it trains a
+trial (the fault test "a worker node removed during a Tune run").
 
 The reported ``FileNotFoundError`` from ``os.getcwd()`` in registration came from two
 nodes sharing one temp dir (both ``ray start`` on a machine with the default
@@ -10,8 +12,15 @@ first feature block it ran, removed and re-extracted the directory the head's dr
 was running in (``download_and_unpack_package(overwrite=True)``, logged as
 "Removing .../_ray_pkg_..."). Separate machines never share it; on one machine every
 node gets its own ``--temp-dir`` (``PrivateCluster``, the README's local variant).
+
+Small on purpose: 8 stocks, a linear model, 3 trials of 2 folds; the seconds go to
+Ray starting processes, not to our computation.
 """
 from __future__ import annotations
+
+import threading
+import time
+import uuid
 
 import pytest
 
@@ -21,23 +30,32 @@ FEATURE_ENV = {  # every block through Ray Data, two instruments a block: work f
     "MLOPS_FEATURE_PIPELINE__LOCAL_THRESHOLD_ROWS": "0",
     "MLOPS_FEATURE_PIPELINE__INSTRUMENTS_PER_BLOCK": "2",
 }
+TRIAL = "ImplicitFunc.train"    # a Tune trial's process title while it trains
 
 
 def _labels(cluster, node_ids) -> set[str]:
     return {cluster.node_label(n) for n in node_ids if n}
 
 
-def test_pipeline_and_tune_run_on_both_nodes(private_cluster, postgres, tmp_path):
-    from ray.util.state import list_actors, list_tasks
+@pytest.fixture(scope="module")
+def pipeline_run(private_cluster, postgres, tmp_path_factory):
+    """``jobs.pipeline`` submitted to the cluster (features on Ray Data, a linear model
+    registered on PostgreSQL); the Tune test tunes on the same lake."""
+    home = tmp_path_factory.mktemp("multinode") / "shared"    # a folder both nodes see
+    uri = postgres.database("multinode")
+    out = private_cluster.submit(home, "jobs.pipeline", "--stocks", "8", "--days", "320",
+                                 "--model", "linear",
+                                 env_vars={"MLOPS_TRACKING_URI": uri, **FEATURE_ENV})
+    return home, uri, out
+
+
+def test_pipeline_runs_its_feature_blocks_on_both_nodes(private_cluster, pipeline_run):
+    from ray.util.state import list_tasks
 
     from cluster.registry.store import ModelRegistry
     cluster = private_cluster
-    assert len({n.node_id for n in cluster.nodes.values()}) == 2
-    home = tmp_path / "shared"          # a folder both nodes see (one machine)
-    uri = postgres.database("multinode")
-    env = {"MLOPS_TRACKING_URI": uri, **FEATURE_ENV}
-    out = cluster.submit(home, "jobs.pipeline", "--stocks", "8", "--days", "320",
-                         env_vars=env)
+    home, uri, out = pipeline_run
+    assert len({cluster.nodes[n].node_id for n in ("head", "worker")}) == 2
     assert out["train"]["state"] == "completed" and out["features"]["instruments"] == 8
     reg = ModelRegistry(tracking_uri=uri, home=home)     # registered on PostgreSQL
     info = reg.get(out["train"]["registry_name"], out["train"]["version"])
@@ -48,17 +66,58 @@ def test_pipeline_and_tune_run_on_both_nodes(private_cluster, postgres, tmp_path
     assert len(blocks) >= 4
     assert _labels(cluster, [t.node_id for t in blocks]) == {"head", "worker"}, blocks
 
-    out = cluster.submit(home, "jobs.tune", "--model", "linear", "--samples", "2", "--folds",
-                         "2", "--scheduler", "fifo", "--name", "spread",
-                         env_vars={"MLOPS_TRACKING_URI": uri})
-    assert out["experiment"] == "spread" and out["trials"] == {"completed": 2}
-    lineage = reg.lineage(out["registry_name"], out["version"])
-    assert lineage["tune_experiment"] == "spread"
+
+def test_tune_runs_trials_on_every_node_and_survives_losing_one(private_cluster,
+                                                                pipeline_run):
+    """Three one-CPU nodes (head, worker, an extra small one), three trials at once: one
+    per node. The extra node is SIGKILLed (raylet, workers, all) while its trial
+    trains: that trial is rescheduled on the nodes left (FailureConfig max_failures),
+    all three complete, and the best one is registered once."""
+    from ray.util.state import list_actors
+
+    from cluster.registry.store import ModelRegistry
+    cluster = private_cluster
+    home, uri, _ = pipeline_run
+    label = f"doomed{uuid.uuid4().hex[:4]}"
+    doomed = cluster.add_worker(label, cpus=1)
+    name = f"spread-{label}"
+    result: dict = {}
+
+    def submit():
+        try:
+            result["out"] = cluster.submit(
+                home, "jobs.tune", "--model", "linear", "--samples", "3", "--folds", "2",
+                "--scheduler", "fifo", "--name", name, "--registry-name", name,
+                env_vars={"MLOPS_TRACKING_URI": uri})
+        except BaseException as exc:
+            result["error"] = exc
+    thread = threading.Thread(target=submit, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 300
+        while not doomed.running(TRIAL):    # its own process tree: cheap to poll
+            assert thread.is_alive(), f"the tuning job ended first: {result}"
+            assert time.monotonic() < deadline, "no trial trained on the extra node"
+            time.sleep(0.05)
+        cluster.kill_node(label)
+        thread.join(540)
+    finally:
+        cluster.nodes.pop(label, None)
+    assert not thread.is_alive(), "the tuning job did not end"
+    assert "error" not in result, result
+    out = result["out"]
+    assert out["experiment"] == name and out["trials"] == {"completed": 3}, out
+    reg = ModelRegistry(tracking_uri=uri, home=home)
+    assert [v.version for v in reg.search(name=name)] == [out["version"]]   # once
+    lineage = reg.lineage(name, out["version"])
+    assert lineage["tune_experiment"] == name
     assert lineage["tune_trial_id"] == out["best"]["trial_id"]
     trials = [a for a in list_actors(address=cluster.dashboard, limit=10_000,
                                      raise_on_missing_output=False)
               if a.class_name == "ImplicitFunc"]
-    assert _labels(cluster, [a.node_id for a in trials]) == {"head", "worker"}, trials
+    assert _labels(cluster, [a.node_id for a in trials]) >= {"head", "worker"}, trials
+    # one trial was training there when the node died; all three completed
+    assert any(a.node_id == doomed.node_id for a in trials), trials
 
 
 def test_a_relative_home_is_refused_in_a_submitted_job(monkeypatch):
