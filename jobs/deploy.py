@@ -150,6 +150,10 @@ def ensure_serve(deployment: str, replicas: int | None) -> str:
         host, port = http.host, http.port
     except Exception:
         host, port = api.host, api.port
+    if (host, int(port)) != (api.host, int(api.port)):
+        print(f"serve: already running on {host}:{port}, not the configured "
+              f"api.host:api.port {api.host}:{api.port} (Serve keeps the HTTP options it "
+              "was first started with)", file=sys.stderr, flush=True)
     return f"http://{host}:{port}"
 
 

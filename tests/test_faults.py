@@ -132,7 +132,7 @@ def test_serve_replica_killed_under_load_fails_under_a_tenth_of_a_percent(
     from serving.clients import NAMESPACE, actor_name
     from serving.deployment import APP_NAME
     from tests.ray_cluster import free_port
-    from tests.test_serving_serve import _deploy
+    from tests.test_serving_serve import _deploy, wait_ready
     from tests.test_serving_support import TOKENS, auth, register, row_body
     settings, models = serving_home
     port = free_port()
@@ -153,11 +153,10 @@ def test_serve_replica_killed_under_load_fails_under_a_tenth_of_a_percent(
         states = serve.status().applications[APP_NAME].deployments["ModelServer"]
         return states.replica_states.get("RUNNING", 0)
     try:
-        _deploy(capsys, "--model", "m", "--version", stable.split("/")[1], "--strategy",
-                "blue_green", "--window", "0", "--deployment", name, "--replicas", "2")
-        url = f"http://127.0.0.1:{port}"
-        _wait_for(lambda: httpx.get(f"{url}/readyz", timeout=10).status_code == 200, 120,
-                  "the app ready")
+        url = _deploy(capsys, "--model", "m", "--version", stable.split("/")[1], "--strategy",
+                      "blue_green", "--window", "0", "--deployment", name,
+                      "--replicas", "2")["url"]     # Serve's port, maybe an earlier test's
+        wait_ready(url)
 
         def client(k: int):
             with httpx.Client(base_url=url, timeout=30) as c:

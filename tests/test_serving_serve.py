@@ -40,6 +40,24 @@ def test_serve_config_file_is_a_valid_deploy_config():
         app_builder({"model": "m/1"})
 
 
+def wait_ready(url: str, seconds: float = 120.0) -> None:
+    """Poll ``/readyz`` as a user would until it answers 200, bounded: right after
+    ``jobs.deploy`` the Serve proxy may still be binding its port (connection refused)
+    and the replica still loading its version (503)."""
+    import httpx
+    deadline, last = time.monotonic() + seconds, None
+    while time.monotonic() < deadline:
+        try:
+            reply = httpx.get(f"{url}/readyz", timeout=10)
+            if reply.status_code == 200:
+                return
+            last = f"{reply.status_code} {reply.text[:300]}"
+        except httpx.TransportError as exc:
+            last = repr(exc)
+        time.sleep(0.2)
+    raise AssertionError(f"{url}/readyz not ready within {seconds:.0f} s: {last}")
+
+
 def _deploy(capsys, *argv) -> dict:
     from jobs._cli import run
     from jobs.deploy import main
@@ -69,12 +87,11 @@ def test_jobs_deploy_on_serve_over_http_with_a_failing_canary(ray_session, servi
                           "--replicas", "1")
         assert summary["deployment"] == name and summary["state"] == "promoted"
         assert summary["split"] == {stable: 1.0} and summary["rolled_back"] is False
-
-        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
-        deadline = time.monotonic() + 60
-        while client.get("/readyz").status_code != 200:
-            assert time.monotonic() < deadline, client.get("/readyz").text
-            time.sleep(0.2)
+        # Serve keeps the HTTP port it was first started with in this Ray session (an
+        # earlier test's): the URL the job reports is where the app answers
+        url = summary["url"]
+        wait_ready(url)
+        client = httpx.Client(base_url=url, timeout=30)
         res = client.post("/predict", json=row_body(), headers=auth("viewer"))
         assert res.status_code == 200 and res.headers["X-Model-Version"] == stable
         assert res.json()["version"] == stable and len(res.json()["predictions"]) == 1
@@ -88,7 +105,7 @@ def test_jobs_deploy_on_serve_over_http_with_a_failing_canary(ray_session, servi
         codes, versions, stop = [], set(), threading.Event()
 
         def traffic():
-            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as c:
+            with httpx.Client(base_url=url, timeout=30) as c:
                 i = 0
                 while not stop.is_set():
                     r = c.post("/predict", json=row_body(i), headers=auth("viewer"))
