@@ -281,6 +281,31 @@ class PrivateCluster:
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
         return json.loads(lines[-1])
 
+    def _rest(self, path: str, body: dict | None = None) -> dict:
+        """Ray's Jobs REST API on the head's dashboard."""
+        request = urllib.request.Request(
+            f"{self.dashboard}{path}", data=None if body is None else json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"}, method="GET" if body is None else "POST")
+        with urllib.request.urlopen(request, timeout=60) as reply:
+            return json.loads(reply.read() or b"{}")
+
+    def hold_cpus(self, label: str, cpus: float = 1.0, wait_s: float = 300) -> str:
+        """Keep ``cpus`` CPUs of node ``label`` busy, as other work on a shared cluster
+        would: a job whose entrypoint only sleeps, placed there and holding them through
+        Ray's entrypoint resources (its supervisor actor has them while it runs).
+        Returns the job's id, for ``release``."""
+        job = self._rest("/api/jobs/", {"entrypoint": "sleep 3600", "entrypoint_num_cpus": cpus,
+                                        "entrypoint_resources": {label: 1}})["submission_id"]
+        deadline = time.monotonic() + wait_s
+        while (status := self._rest(f"/api/jobs/{job}")["status"]) != "RUNNING":
+            if status in ("FAILED", "STOPPED", "SUCCEEDED") or time.monotonic() > deadline:
+                raise RuntimeError(f"the job holding {cpus} CPU of {label} is {status}")
+            time.sleep(0.2)
+        return job
+
+    def release(self, job: str) -> None:
+        self._rest(f"/api/jobs/{job}/stop", {})
+
     def kill_node(self, label: str) -> None:
         self.nodes[label].kill()
 
