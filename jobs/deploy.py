@@ -157,6 +157,35 @@ def ensure_serve(deployment: str, replicas: int | None) -> str:
     return f"http://{host}:{port}"
 
 
+def _running_replicas() -> int:
+    """Serve's RUNNING replicas of our model server (0 when Serve cannot say)."""
+    from ray import serve
+    from serving.deployment import APP_NAME
+    try:
+        server = serve.status().applications[APP_NAME].deployments["ModelServer"]
+        return int(server.replica_states.get("RUNNING", 0))
+    except Exception:
+        return 0
+
+
+def _until_replicas_apply(control, status: dict, deadline: float) -> dict:
+    """Once the rollout has ended, wait (bounded) until every running replica serves the
+    final revision: a replica still on an older one answers from the old split, or 503
+    when it had none, for up to one sync interval; the job returns when they agree."""
+    limit = min(deadline, time.monotonic() + 60.0)
+    while True:
+        want = max(1, _running_replicas())
+        if status.get("replicas_current", want) >= want:
+            return status
+        if time.monotonic() > limit:
+            print(f"  {status.get('replicas_current')}/{want} replicas on revision "
+                  f"{status.get('revision')} so far; the others follow at their next sync",
+                  file=sys.stderr, flush=True)
+            return status
+        time.sleep(0.2)
+        status = control.call_sync("status")
+
+
 # -- the job ---------------------------------------------------------------
 def summary(status: dict, url: str | None = None) -> dict:
     rollout = status.get("rollout") or {}
@@ -202,7 +231,7 @@ def main(argv=None):
             last = status["state"]
         rollout = status.get("rollout") or {}
         if rollout.get("candidate") == model_id and status["state"] in WAIT_STATES[args.strategy]:
-            return summary(status, url)
+            return summary(_until_replicas_apply(control, status, deadline), url)
         if time.monotonic() > deadline:
             print(f"still {status['state']} after {timeout:g}s; the rollout goes on in the "
                   "cluster (see --status)", file=sys.stderr)

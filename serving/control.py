@@ -207,6 +207,7 @@ class ControlPlane:
             s = self.state
             running = self.rollout is not None and not self.rollout.done
             current = self.rollout.status if running else s.last_rollout
+            live = self.replicas.live()
             state = current["state"] if current else ("serving" if s.stable else "empty")
             return {"deployment": self.deployment, "revision": s.revision,
                     "state": state, "rolled_back": state == "rolled_back",
@@ -215,7 +216,10 @@ class ControlPlane:
                     "stable": s.stable, "standby": s.standby,
                     "versions": list(s.versions),
                     "rollout": dict(current) if current else None,
-                    "replicas": len(self.replicas.live()),
+                    "replicas": len(live),
+                    # replicas serving this revision (the rest answer 503 until they sync)
+                    "replicas_current": sum(1 for r in live.values()
+                                            if int(r.get("revision", -1)) == s.revision),
                     "stats": self.replicas.rollout_stats.summary(),
                     "history": list(s.history[-50:])}
 

@@ -157,17 +157,14 @@ def test_serve_replica_killed_under_load_fails_under_a_tenth_of_a_percent(
                       "blue_green", "--window", "0", "--deployment", name,
                       "--replicas", "2")["url"]     # Serve's port, maybe an earlier test's
         wait_ready(url)
-        # /readyz answers from one replica; the load starts once both run the stable
-        # version (a replica reports, with each heartbeat, the revision it applied)
+        # jobs.deploy returns once every running replica serves the final revision (a
+        # replica still on the empty one would answer 503): both serve it now, no wait
         plane = ray.get_actor(actor_name(name), namespace=NAMESPACE)
-
-        def both_serving() -> bool:
-            revision = ray.get(plane.status.remote())["revision"]
-            live = ray.get(plane.live_replicas.remote())
-            return len(live) == 2 and all(r["revision"] == revision
-                                          and r["loaded"].get(stable) == "ok"
-                                          for r in live.values())
-        _wait_for(both_serving, 120, "both replicas serving the stable version")
+        revision = ray.get(plane.status.remote())["revision"]
+        live = ray.get(plane.live_replicas.remote())
+        assert len(live) == 2 and all(r["revision"] == revision
+                                      and r["loaded"].get(stable) == "ok"
+                                      for r in live.values()), live
 
         def client(k: int):
             with httpx.Client(base_url=url, timeout=30) as c:
