@@ -1,4 +1,5 @@
 """The bars table: data versions, reads as of a version, diffs, atomic commits."""
+import dataclasses
 import tempfile
 from pathlib import Path
 
@@ -40,12 +41,15 @@ def ingest_sequences(draw):
     return batches
 
 
-@given(batches=ingest_sequences())
-def test_property8_read_at_version_is_exactly_what_was_ingested(batches):
+@given(batches=ingest_sequences(), tail=st.sampled_from([None, 1, 2]))
+def test_property8_read_at_version_is_exactly_what_was_ingested(batches, tail):
     """Feature: mlops-optimization, Property 8: reading at version v returns exactly what
-    was ingested up to v, whatever sequence of appends and restatements came before."""
+    was ingested up to v, whatever sequence of appends and restatements came before
+    (also when ingests merge the small files before them: ``tail``)."""
     with tempfile.TemporaryDirectory() as d:
         table = BarsTable(Path(d))
+        if tail is not None:
+            table.spec = dataclasses.replace(table.spec, tail_files=tail)
         expected: dict[int, pd.DataFrame] = {}
         state = pd.DataFrame(columns=BAR_COLUMNS)
         for batch in batches:
@@ -145,6 +149,41 @@ def test_one_instrument_is_a_few_row_groups_of_unpartitioned_sorted_files(tmp_pa
     assert len(t._files(dt, None, "2020-02-01", None)) == 1  # date-pruned on the log
     assert t.instruments() == ["A", "B", "C"] and len(t.calendar()) == 13
     assert len(t.changes(after=0)) == 3
+
+
+def test_daily_ingests_merge_their_small_files_and_keep_every_version(tmp_path):
+    """Each daily commit is one file spanning every instrument (no min/max prunes it):
+    past ``tail_files`` small files, an ingest merges the older ones into one file
+    sorted by (instrument, date) in its own commit. Rows keep their data_version, so
+    reads as of every version and the change feed after every version are exact, and
+    the newest version's changes are its own file alone."""
+    import pyarrow.dataset as ds
+
+    from cluster.lake import tables
+    days = pd.bdate_range("2020-01-01", periods=8)
+    rows = [{"instrument": i, "date": d, "open": 1.0 + k, "high": 2.0 + k, "low": 0.5,
+             "close": 1.5 + k, "volume": 1.0, "factor": 1.0, "vwap": 1.0}
+            for k, d in enumerate(days) for i in "CAB"]
+    bars = pd.DataFrame(rows)
+    t = BarsTable(tmp_path)
+    t.spec = dataclasses.replace(t.spec, tail_files=2)
+    for d in days:
+        t.commit(bars[bars["date"] == d], "day")
+        assert len(tables.open_table(t.path).file_uris()) <= 2
+    for v, d in enumerate(days):
+        pd.testing.assert_frame_equal(norm(t.read(v)), norm(bars[bars["date"] <= d]),
+                                      check_dtype=False)
+        got = t.changes(after=v)
+        pd.testing.assert_frame_equal(norm(got), norm(bars[bars["date"] > d]),
+                                      check_dtype=False)
+        assert (got["version"] == got["date"].map({x: k for k, x in enumerate(days)})).all()
+    dt = tables.open_table(t.path)
+    assert len(t._files(dt, after=len(days) - 2)) == 1
+    merged = [f for f in dt.file_uris() if ds.dataset(f).count_rows() > 3]
+    stored = ds.dataset(merged[0]).to_table(columns=["instrument", "date"]).to_pandas()
+    assert stored.equals(stored.sort_values(["instrument", "date"], ignore_index=True))
+    versions = t.versions()
+    assert [v["rows"] for v in versions] == [3 * (k + 1) for k in range(len(days))]
 
 
 def test_unknown_version_is_a_clear_error(tmp_path):

@@ -20,6 +20,7 @@ add the same (instrument, date); the loser re-reads and tries again.
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import random
 import time
@@ -344,6 +345,7 @@ class BarsTable:
         try:
             removes = self._rewrite_without(base, rows.loc[rows["_restated"]], files) \
                 if restated else []
+            removes += self._merge_tail(base, {r.path for r in removes}, files)
             tables.commit_files(self.path, base, files, STORED_SCHEMA, summary, exact=True,
                                 removes=removes)
         except BaseException:
@@ -381,6 +383,34 @@ class BarsTable:
             gone.append(path[len(root) + 1:])
             written.extend(self._write_sorted(old.filter(pa.array(~hit))))
         return tables.remove_actions(base, gone, data_change=True)
+
+    def _merge_tail(self, base: DeltaTable | None, removed: set[str],
+                    written: list[dict]) -> list:
+        """Bound the small files an ingest leaves: each daily commit is one file
+        spanning every instrument, so file min/max prune none of them and a
+        one-instrument read opens each. When this commit would leave more than
+        ``spec.tail_files`` files of under ``spec.tail_rows`` rows, the committed small
+        files are merged into one file sorted by (instrument, date) (one instrument is
+        one row group of it); this commit's own rows stay their own file, so the change
+        feed of the newest version still reads one small file. Rows keep their
+        ``data_version``: reads as of any version and ``changes()`` are unchanged.
+        Returns the remove actions; the merged file is appended to ``written``."""
+        limit, small_rows = self.spec.tail_files, self.spec.tail_rows
+        if base is None or limit <= 0:
+            return []
+        actions = tables.add_actions(base)
+        paths = actions.column("path").to_pylist()
+        counts = actions.column("num_records").to_pylist()
+        small = [p for p, n in zip(paths, counts) if n is not None and n < small_rows
+                 and p not in removed]
+        mine = sum(1 for f in written if json.loads(f["stats"])["numRecords"] < small_rows)
+        if len(small) + mine <= limit or len(small) < 2:
+            return []
+        root = tables.uri_path(base)
+        merged = ds.dataset([f"{root}/{p}" for p in small], format="parquet",
+                            schema=STORED_SCHEMA).to_table()
+        written.extend(self._write_sorted(merged.sort_by([(c, "ascending") for c in KEY])))
+        return tables.remove_actions(base, small, data_change=False)
 
     def _view(self, dt: DeltaTable) -> "BarsTable":
         view = BarsTable(self.path.parent)
