@@ -241,7 +241,8 @@ def test_maintenance_clusters_dedupes_and_changes_no_data(tmp_path, registry_uri
     bars_version, cache_info = bars.data_version(), pipe.cache.info(pipe.fs.id)
     summary = maintain(settings)
     t = summary["tables"]
-    assert t["bars"]["files_before"] == 6 and t["bars"]["files_after"] == 1
+    # (6 commits; the ingests merged their small files: 3 at most, bars' tail_files)
+    assert t["bars"]["files_before"] == 2 and t["bars"]["files_after"] == 1
     assert t["features"]["files_after"] == 1 and t["events"]["files_after"] == 1
     assert t["features"]["steps"]["compact"]["rows_dropped"] > 0
     assert t["bars"]["disk_files_after"] < t["bars"]["disk_files_before"]

@@ -359,8 +359,10 @@ class BarsTable:
         """``table`` (sorted by instrument, date) as data files of at most
         ``target_file_rows`` rows, not committed yet."""
         step = self.spec.target_file_rows
+        dictionary = list(self.spec.dictionary_columns) \
+            if self.spec.dictionary_columns is not None else True
         return [tables.write_data_file(self.path, table.slice(i, step), tables.data_file_name(),
-                                       stats_columns=STATS_COLUMNS,
+                                       stats_columns=STATS_COLUMNS, dictionary=dictionary,
                                        row_group_rows=self.spec.row_group_rows)
                 for i in range(0, table.num_rows, step)]
 

@@ -82,8 +82,13 @@ def spec_for(name: str) -> TableSpec:
 # Each daily ingest is one file spanning every instrument, which no min/max prunes:
 # a one-instrument read opened every daily file since the last maintenance (~1.6 ms
 # each, 5,000 stocks); the ingest keeps at most 3 such small files (its own + 2).
+# A merged file stops growing at 65,536 rows (13 days of 5,000 stocks): merging more
+# would cost an ingest more than a day's own write. Prices are distinct floats:
+# dictionary-encoding them made writing 95k rows 2.5x slower (54 -> 22 ms, measured)
+# for 20% larger files.
 register(TableSpec("bars", cluster_by=("instrument", "date"), row_group_rows=8_192,
                    target_file_rows=2_000_000, checkpoint_interval=1, tail_files=3,
+                   tail_rows=65_536, dictionary_columns=("instrument", "factor"),
                    description="daily bars; one data version per ingest commit"))
 # ~190 float columns: 8,192 rows are ~7 MB; files of ~250k rows stay ~200 MB.
 register(TableSpec("features", cluster_by=("feature_set", "instrument", "date"),
