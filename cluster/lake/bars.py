@@ -409,8 +409,8 @@ class BarsTable:
         if len(small) + mine <= limit or len(small) < 2:
             return []
         root = tables.uri_path(base)
-        merged = ds.dataset([f"{root}/{p}" for p in small], format="parquet",
-                            schema=STORED_SCHEMA).to_table()
+        merged = storage.dataset([f"{root}/{p}" for p in small], format="parquet",
+                                 schema=STORED_SCHEMA).to_table()
         written.extend(self._write_sorted(merged.sort_by([(c, "ascending") for c in KEY])))
         return tables.remove_actions(base, small, data_change=False)
 
