@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 
+import pandas as pd
 import pytest
 
 from tests.test_serving_support import TOKENS, auth
@@ -150,6 +151,7 @@ def test_data_monitoring_and_audit_routes(api):
     assert res.status_code == 404 and "jobs.monitor" in res.text           # never scored
     drift = get(client, f"/api/monitoring/drift/{ids[0]}")
     assert drift["rows"] and "psi" in drift["rows"][0]
+    _drift_windows(client, ids[0], drift["rows"])
     assert isinstance(get(client, "/api/monitoring/alerts")["alerts"], list)
     res = client.post("/api/monitoring/alerts", json={"alert_id": "nope"},
                       headers=auth("operator"))
@@ -166,6 +168,35 @@ def test_data_monitoring_and_audit_routes(api):
     assert client.get("/api/audit", headers=auth("operator")).status_code == 403
     cluster = get(client, "/api/cluster")
     assert cluster["capacity"] == {"cpus": 2.0, "gpus": 0.0}
+
+
+def _drift_windows(client, model_id, rows):
+    """The heat map's trimmed answers agree with the full rows: the last N days, the
+    top features by a measure's peak, named features on demand, the rest summarised."""
+    full = pd.DataFrame(rows)
+    dates = sorted(full["date"].unique())
+    last = [d for d in dates if d >= dates[-2]]
+    peak = full[full["date"].isin(last)].groupby("feature")["ks"].max()
+    top = sorted(peak.index, key=lambda f: (-peak[f], f))[:3]
+    named = top[-1] if len(peak) <= 3 else sorted(set(peak.index) - set(top))[0]
+    url = f"/api/monitoring/drift/{model_id}"
+    part = get(client, url, days=2, top=3, measure="ks", feature=named)["rows"]
+    assert sorted({r["date"] for r in part}) == last
+    assert {r["feature"] for r in part} == set(top) | {named}
+    m = get(client, url, days=2, top=3, measure="ks", feature=named, format="matrix")
+    assert m["dates"] == last and m["days_total"] == len(dates) and m["measure"] == "ks"
+    assert m["features"][:3] == top and named in m["features"]
+    assert m["features_total"] == len(peak) == len(m["ranking"])
+    assert m["z"][0] == [next(round(r["ks"], 5) for r in part if r["feature"] == top[0] and r["date"] == d)
+                         for d in last]
+    rest = full[full["date"].isin(last) & ~full["feature"].isin(m["features"])]
+    assert m["rest"]["features"] == rest["feature"].nunique()
+    if len(rest):
+        assert m["rest"]["max"] == [round(rest[rest["date"] == d]["ks"].max(), 5) for d in last]
+    for bad in ({"top": 0}, {"days": -1}, {"measure": "mean"}, {"format": "csv"},
+                {"feature": "no_such_feature"}):
+        res = client.get(url, params=bad, headers=auth("viewer"))
+        assert res.status_code == 422 and next(iter(bad)) in res.text, res.text
 
 
 # -- the error contract ----------------------------------------------------------------

@@ -198,12 +198,14 @@ def _monitoring(page, console):
     assert page.inner_text('[data-kpi="days"] .value') == str(len(rows))
     rolling = {t["name"]: t for t in _plot(page, "ic-chart")}["rolling 20"]
     assert rolling["y"] == [r["rank_ic_20"] for r in rows]
-    days = sorted({r["date"] for r in api_get(
-        console, f"/api/monitoring/models/{model}/metrics")["rows"]})
-    since = days[max(0, len(days) - 120)]           # the page's window: the last 120 days
-    drift = api_get(console, f"/api/monitoring/drift/{model}?since={since}")["rows"]
+    # the page's window: the last 60 days, the 30 features with the highest PSI, the rest
+    # as one row (their maximum per day)
+    drift = api_get(console, f"/api/monitoring/drift/{model}?days=60&top=30&measure=psi")["rows"]
     heat = _plot(page, "drift-heatmap")[0]
-    assert len(heat["x"]) == len({r["date"] for r in drift})
+    assert heat["x"] == sorted({r["date"] for r in drift})
+    assert set(heat["y"][1:]) == {r["feature"] for r in drift} and "others" in heat["y"][0]
+    top = heat["y"][-1]
+    assert heat["z"][-1] == [round(r["psi"], 5) for r in drift if r["feature"] == top]
     alerts = api_get(console, "/api/monitoring/alerts")["alerts"]
     raised = [a for a in console.demo.summary["monitor"]["alerts"] if a["rule"] == "drift_score"]
     assert raised and alerts

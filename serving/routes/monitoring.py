@@ -42,18 +42,36 @@ def router(ctx: ApiContext) -> APIRouter:
 
     @r.get("/api/monitoring/drift/{model_id:path}")
     async def drift(model_id: str, since: dt.date | None = None,
+                    days: int | None = Query(None, ge=1, le=10_000, description=(
+                        "only the last N evaluated days (after `since`, if given)")),
+                    top: int | None = Query(None, ge=1, le=10_000, description=(
+                        "only the N features whose `measure` peaked highest in the window")),
+                    measure: str = Query("psi", pattern="^(psi|ks)$",
+                                         description="what `top` and the matrix rank by"),
+                    feature: list[str] = Query([], max_length=200, description=(
+                        "features always included (on demand, beside the top N)")),
+                    format: str = Query("rows", pattern="^(rows|matrix)$", description=(
+                        "rows: one record per day and feature; matrix: the heat map of "
+                        "`measure` (features x dates), the rest summarised per day and "
+                        "every feature's ranking")),
                     _who: Principal = Depends(ctx.viewer)) -> dict:
-        from cluster.monitoring.store import Table
+        from cluster.monitoring.driftmap import Window, heatmap, read_window
+        window = Window(since, days, top, measure, tuple(dict.fromkeys(feature)))
+
+        def missing():
+            return NotFoundError(f"no drift figures for {model_id!r} yet: they come from "
+                                 "`python -m jobs.monitor`")
 
         def read():
-            filters = [("model_id", "=", model_id)]
-            if since is not None:
-                filters.append(("date", ">=", since))
-            frame = Table(lake(), "drift").read(filters)
+            if format == "matrix":
+                answer = heatmap(lake(), model_id, window)
+                if not answer:
+                    raise missing()
+                return {"model_id": model_id, **answer}
+            frame = read_window(lake(), model_id, window)
             if frame.empty:
-                raise NotFoundError(f"no drift figures for {model_id!r} yet: they come from "
-                                    "`python -m jobs.monitor`")
-            return {"model_id": model_id, "rows": records(frame.sort_values(["date", "feature"]))}
+                raise missing()
+            return {"model_id": model_id, "rows": records(frame)}
         return await ctx.blocking(read)
 
     @r.get("/api/monitoring/alerts")

@@ -23,8 +23,17 @@ async function list() {
     $("#diff-b").value = versions[versions.length - 1].version;
     const wanted = Number(location.hash.replace("#v", ""));
     await Promise.all([detail(Number.isInteger(wanted) && location.hash ? wanted
-                              : versions[versions.length - 1].version), diff()]);
+                              : versions[versions.length - 1].version), diff(), servedLast()]);
   }
+}
+
+// What served on the last day of the newest version's range (the default date),
+// fetched beside the detail and the diff, not after them.
+async function servedLast() {
+  const last = versions[versions.length - 1];
+  if (!$("#served-form") || !last || !last.end) return;
+  $("#served-date").value = last.end;
+  await served();
 }
 
 async function detail(id) {
@@ -77,11 +86,4 @@ startPage(async () => {
   const servedForm = $("#served-form");
   servedForm?.addEventListener("submit", (e) => { e.preventDefault(); served(); });
   await sections([list]);
-  if (!servedForm) return;
-  // default date: the last day a prediction was made for, from the newest version's range
-  const last = versions[versions.length - 1];
-  if (last && last.end) {
-    $("#served-date").value = last.end;
-    await served();
-  }
 });

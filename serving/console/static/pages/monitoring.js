@@ -6,11 +6,22 @@ import { line, plot, purge } from "../charts.js";
 import { EventStream } from "../events.js";
 import { modelChoices } from "../models.js";
 import { sections, startPage } from "../page.js";
-import { $, el, kpi, replace } from "../ui.js";
+import { $, el, fmt, kpi, replace } from "../ui.js";
 
-const TOP_FEATURES = 30;
-const DRIFT_DAYS = 120;
-let driftRows = [];
+// The heat map asks the API for what it draws: the chosen window of days, the most
+// drifting features (by the chosen measure), the ones added by name, and the rest as
+// one summary row (their maximum per day).
+const extra = new Set();
+let modelId = null;
+let drift = null;
+
+function driftQuery() {
+  const q = new URLSearchParams({ format: "matrix", measure: $("#drift-measure").value });
+  if ($("#drift-days").value) q.set("days", $("#drift-days").value);
+  if ($("#drift-top").value) q.set("top", $("#drift-top").value);
+  for (const f of extra) q.append("feature", f);
+  return q;
+}
 
 function drawMetrics(modelId, rows) {
   const live = rows.filter(r => (r.kind || "live") === "live");
@@ -38,23 +49,33 @@ function drawMetrics(modelId, rows) {
 }
 
 function drawDrift() {
-  const measure = $("#drift-measure").value;
-  const byFeature = new Map();
-  const days = [...new Set(driftRows.map(r => r.date))].sort();
-  for (const r of driftRows) {
-    if (!byFeature.has(r.feature)) byFeature.set(r.feature, new Map());
-    byFeature.get(r.feature).set(r.date, r[measure]);
+  const m = drift.measure.toUpperCase();
+  const features = [...drift.features].reverse();            // the most drifting on top
+  const z = [...drift.z].reverse();
+  const y = [...features];
+  if (drift.rest.features) {
+    y.unshift(`${drift.rest.features} others (max)`);
+    z.unshift(drift.rest.max);
   }
-  const ranked = [...byFeature.entries()].map(([f, m]) => [f, Math.max(...[...m.values()]
-    .filter(Number.isFinite))]).sort((a, b) => b[1] - a[1]).slice(0, TOP_FEATURES);
-  const features = ranked.map(([f]) => f).reverse();
-  replace("#drift-note", `(${measure.toUpperCase()}, the ${features.length} most drifting of ` +
-                         `${byFeature.size} features, ${days.length} days)`);
-  plot("drift-heatmap", [{ type: "heatmap", x: days, y: features, colorscale: "YlOrRd",
-    z: features.map(f => days.map(d => byFeature.get(f).get(d) ?? null)),
-    colorbar: { title: measure.toUpperCase() } }],
-    { height: Math.max(320, 14 * features.length + 80), margin: { l: 110, r: 20, t: 10, b: 40 },
+  replace("#drift-note", `(${m}: ${drift.features.length} of ${drift.features_total} ` +
+                         `features, the most drifting first; the last ${drift.dates.length} of ` +
+                         `${drift.days_total} days)`);
+  plot("drift-heatmap", [{ type: "heatmap", x: drift.dates, y, z, colorscale: "YlOrRd",
+    colorbar: { title: m } }],
+    { height: Math.max(320, 14 * y.length + 80), margin: { l: 130, r: 20, t: 10, b: 40 },
       hovermode: "closest" });
+  const shown = new Set(drift.features);
+  replace("#drift-add", el("option", { value: "" }, "–"),
+    drift.ranking.filter(r => !shown.has(r.feature)).map(r =>
+      el("option", { value: r.feature }, `${r.feature} (max ${m} ${fmt(r.max, 3)})`)));
+}
+
+async function loadDrift() {
+  const id = modelId;
+  const answer = await api(`/api/monitoring/drift/${id}?${driftQuery()}`);
+  if (id !== modelId) return;                                 // another version was picked
+  drift = answer;
+  drawDrift();
 }
 
 // A version the monitor has not evaluated yet: the API's 404 says so; show its words.
@@ -67,22 +88,17 @@ async function orMissing(work, where) {
   }
 }
 
-async function load(modelId) {
+async function load(id) {
+  modelId = id;
+  extra.clear();
   await sections([
-    () => orMissing(async () => {
-      const rows = (await api(`/api/monitoring/models/${modelId}/metrics`)).rows;
-      drawMetrics(modelId, rows);
-      // the heat map covers the last DRIFT_DAYS evaluated days (every feature, every day)
-      const days = [...new Set(rows.map(r => r.date))].sort();
-      const since = days[Math.max(0, days.length - DRIFT_DAYS)];
-      await orMissing(async () => {
-        driftRows = (await api(`/api/monitoring/drift/${modelId}` + (since ? `?since=${since}` : ""))).rows;
-        drawDrift();
-      }, ["drift-heatmap"]);
-    }, ["monitor-kpis", "ic-chart", "decay-chart", "drift-score-chart", "latency-chart", "drift-heatmap"]),
-    alerts,
+    () => orMissing(async () => drawMetrics(id, (await api(`/api/monitoring/models/${id}/metrics`)).rows),
+                    ["monitor-kpis", "ic-chart", "decay-chart", "drift-score-chart", "latency-chart"]),
+    () => orMissing(loadDrift, ["drift-heatmap"]),
   ]);
 }
+
+const redrawDrift = () => orMissing(loadDrift, ["drift-heatmap"]);
 
 async function alerts() {
   replace("#alerts", alertsTable(await fetchAlerts(), { onAck: alerts }));
@@ -90,12 +106,20 @@ async function alerts() {
 
 startPage(async () => {
   const select = $("#monitor-model");
-  const choices = await modelChoices();
-  replace(select, choices.map(c => el("option", { value: c.model_id }, c.label)));
   select.addEventListener("change", () => load(select.value));
-  $("#drift-measure").addEventListener("change", drawDrift);
-  if (choices.length) await load(select.value);
-  else await alerts();
+  for (const id of ["#drift-measure", "#drift-days", "#drift-top"]) {
+    $(id).addEventListener("change", redrawDrift);
+  }
+  $("#drift-add").addEventListener("change", (e) => {
+    if (!e.target.value) return;
+    extra.add(e.target.value);
+    redrawDrift();
+  });
+  await sections([alerts, async () => {                       // alerts beside the versions
+    const choices = await modelChoices();
+    replace(select, choices.map(c => el("option", { value: c.model_id }, c.label)));
+    if (choices.length) await load(select.value);
+  }]);
   new EventStream({ types: ["alert_raised", "alert_resolved"] })
     .on("alert_raised", () => alerts()).on("alert_resolved", () => alerts());
 });
