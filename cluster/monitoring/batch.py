@@ -1,10 +1,20 @@
 """Batch scoring: a registered version over the features table on Ray Data.
 
-The rows (pruned by date and instrument) are cut into blocks of whole instruments
-and mapped with ``map_batches`` over an actor pool: each actor loads the model from
-the registry once (integrity and feature set checked) and predicts every batch it
-is given. The predictions go to the ``predictions`` table as serving writes them,
-with ``source='batch'``, in one commit sorted by (instrument, date).
+The driver loads the version from the registry once (integrity and feature set
+checked) and puts it in Ray's object store; the rows (pruned by date and instrument)
+are cut into blocks of whole instruments and mapped with ``map_batches`` over an
+actor pool (:class:`cluster.monitoring.scorer.Scorer`, one actor per block at most):
+each actor takes the model from the object store once and predicts every batch it
+is given. No actor opens the registry or MLflow (the object store is an in-memory
+hand-over inside one Ray job; the stored artefact stays in the library's format).
+
+Per call the fixed cost is the pool's start: a worker process per actor, which
+imports its model's module (for Qlib's boosters all of ``qlib.contrib.model``, torch
+included: seconds) -- Ray Data starts a new pool per dataset, so no call warms the
+next. Blocks of ``block_rows`` rows keep the per-batch cost small.
+
+The predictions go to the ``predictions`` table as serving writes them, with
+``source='batch'``, in one commit sorted by (instrument, date).
 """
 from __future__ import annotations
 
@@ -41,22 +51,6 @@ def predict_frame(model, frame: pd.DataFrame, features: list[str]) -> np.ndarray
     return predict_frame_rows(model, frame, features)
 
 
-class Scorer:
-    """One Ray Data actor: the model, loaded once, predicting every batch it gets."""
-
-    def __init__(self, home: str, tracking_uri: str | None, name: str, version: str,
-                 feature_set: str | None):
-        from cluster.registry.store import ModelRegistry
-        registry = ModelRegistry(home=home, tracking_uri=tracking_uri)
-        self.model = registry.load(name, version, expected_feature_set=feature_set)
-        self.features = model_features(registry, name, version, self.model)
-
-    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        out = batch[["instrument", "date", "data_version"]].copy()
-        out["output"] = predict_frame(self.model, batch, self.features)
-        return out
-
-
 def resolve_version(registry, name: str, version: str | None, stage: str | None) -> str:
     if version:
         return str(version)
@@ -69,7 +63,7 @@ def resolve_version(registry, name: str, version: str | None, stage: str | None)
 
 def score(name: str, version: str | None = None, stage: str | None = None, start=None,
           end=None, instruments: list[str] | None = None, settings: Settings | None = None,
-          use_ray: bool = True, concurrency: int = 2, block_instruments: int = 16,
+          use_ray: bool = True, concurrency: int = 2, block_rows: int = 50_000,
           write: bool = True) -> dict:
     """Score the features rows in range and append them to the predictions table."""
     from cluster.registry.store import ModelRegistry
@@ -89,11 +83,10 @@ def score(name: str, version: str | None = None, stage: str | None = None, start
     if rows.empty:
         raise MlopsError(f"no feature rows for {instruments or 'any instrument'} between "
                          f"{start or 'the start'} and {end or 'the end'}")
+    out = rows[["instrument", "date", "data_version"]].copy()
     if use_ray:
-        out = _score_on_ray(rows, settings, name, version, info.feature_set, concurrency,
-                            block_instruments)
+        out["output"] = _score_on_ray(rows, model, feats, concurrency, block_rows)
     else:
-        out = rows[["instrument", "date", "data_version"]].copy()
         out["output"] = predict_frame(model, rows, feats)
     out = out.sort_values(["instrument", "date"], kind="stable").reset_index(drop=True)
     out["features_version"] = features_version
@@ -110,23 +103,49 @@ def score(name: str, version: str | None = None, stage: str | None = None, start
             "output": out if not write else None}
 
 
-def _score_on_ray(rows: pd.DataFrame, settings: Settings, name: str, version: str,
-                  feature_set: str | None, concurrency: int, block_instruments: int):
+def instrument_blocks(instruments: pd.Series, block_rows: int, min_blocks: int
+                      ) -> list[tuple[int, int]]:
+    """``(start, stop)`` row ranges of ``instruments`` (grouped: each instrument's rows
+    contiguous) cutting only between instruments -- a sequence model reads each row's
+    window from its instrument's earlier rows in the same batch -- of about
+    ``block_rows`` rows, and at least ``min_blocks`` when there are that many
+    instruments (one block per actor)."""
+    n = len(instruments)
+    codes = pd.factorize(instruments)[0]
+    bounds = np.flatnonzero(np.diff(codes)) + 1          # first row of each new instrument
+    starts = np.concatenate([[0], bounds]).astype(np.int64)
+    n_blocks = max(1, min(len(starts), max(min_blocks, -(-n // max(1, block_rows)))))
+    # cut at the instrument start nearest each equal share of the rows
+    targets = np.arange(1, n_blocks) * n / n_blocks
+    cuts = np.unique(starts[np.clip(np.searchsorted(starts, targets), 0, len(starts) - 1)])
+    edges = [0, *[int(c) for c in cuts if 0 < c < n], n]
+    return [(a, b) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+
+
+def _score_on_ray(rows: pd.DataFrame, model, features: list[str], concurrency: int,
+                  block_rows: int) -> np.ndarray:
+    """Predictions for ``rows`` (in its order) from an actor pool of at most
+    ``concurrency`` actors, one per block at most."""
     import ray
+    from cluster.monitoring.scorer import ROW, Scorer
     from cluster.ray_env import ensure_ray
     ensure_ray()
-    insts = rows["instrument"].unique()
-    blocks = [pa.Table.from_pandas(rows[rows["instrument"].isin(insts[i:i + block_instruments])],
-                                   preserve_index=False)
-              for i in range(0, len(insts), block_instruments)]
-    ds = ray.data.from_arrow(blocks)
+    order = np.argsort(rows["instrument"].astype(str).to_numpy(), kind="stable")
+    grouped = rows.iloc[order]
+    table = pa.Table.from_pandas(grouped[["instrument", "date", *features]],
+                                 preserve_index=False).append_column(
+        ROW, pa.array(order.astype(np.int64)))
+    spans = instrument_blocks(grouped["instrument"], block_rows, max(1, concurrency))
+    ds = ray.data.from_arrow([table.slice(a, b - a) for a, b in spans])
+    model_ref = ray.put(model)
     scored = ds.map_batches(
-        Scorer, batch_format="pandas", batch_size=None, concurrency=max(1, concurrency),
-        fn_constructor_kwargs={"home": str(settings.home.resolve()),
-                               "tracking_uri": settings.tracking_uri, "name": name,
-                               "version": version, "feature_set": feature_set},
-        num_cpus=1)
-    out = scored.to_pandas()
-    # Ray Data hands dates back as datetime64[us]; the rest of the code uses [ns]
-    out["date"] = pd.to_datetime(out["date"]).astype("datetime64[ns]")
-    return out
+        Scorer, batch_format="pandas", batch_size=None,
+        compute=ray.data.ActorPoolStrategy(size=max(1, min(concurrency, len(spans)))),
+        fn_constructor_kwargs={"model_ref": [model_ref], "features": features},
+        num_cpus=1).to_pandas()
+    if len(scored) != len(rows) or scored[ROW].nunique() != len(rows):
+        raise MlopsError(f"batch scoring returned {len(scored)} predictions for "
+                         f"{len(rows)} rows")
+    pred = np.empty(len(rows), dtype=np.float64)
+    pred[scored[ROW].to_numpy()] = scored["output"].to_numpy()
+    return pred
