@@ -9,7 +9,7 @@ import time
 import pandas as pd
 import pytest
 
-from tests.test_serving_support import TOKENS, auth
+from tests.test_serving_support import TOKENS, api_home, auth
 
 ALPHA = ["KMID", "ROC5", "MA10", "VSTD5", "OPEN0"]
 INDICATORS = ["sma_5", "rsi_14", "obv", "atr_14"]
@@ -26,9 +26,7 @@ def api(tmp_path_factory):
     from tests.test_serving_support import deploy, in_process, wait_state
     home = tmp_path_factory.mktemp("api_routes")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLOPS_HOME", str(home))
-        mp.delenv("MLOPS_CONFIG", raising=False)
-        mp.setenv("MLOPS_API_TOKENS", ",".join(f"{r}:{t}" for r, t in TOKENS.items()))
+        api_home(mp, home)
         mp.setenv("MLOPS_QUEUE__CAPACITY_CPUS", "2")      # no Ray here: nothing is admitted
         mp.setenv("MLOPS_QUEUE__RUN_IN_API", "false")
         reset_settings()

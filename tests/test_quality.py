@@ -20,7 +20,7 @@ from cluster.training.early_stop import EarlyStopper
 from cluster.training.metrics import DailyScorer, daily_ic, long_short_backtest
 
 FEATURES = [f"f{i}" for i in range(8)]
-from tests.test_serving_support import TOKENS  # noqa: E402 (the in-process app's tokens)
+from tests.test_serving_support import TOKENS, api_home  # noqa: E402 (the in-process app's tokens)
 
 
 # --------------------------------------------------------------------------- backtest
@@ -186,9 +186,7 @@ def home(tmp_path_factory):
     from tests.strategies import feature_frame
     path = tmp_path_factory.mktemp("quality_home")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLOPS_HOME", str(path))
-        mp.delenv("MLOPS_CONFIG", raising=False)
-        mp.setenv("MLOPS_API_TOKENS", ",".join(f"{r}:{t}" for r, t in TOKENS.items()))
+        api_home(mp, path)
         reset_settings()
         settings = get_settings()
         from cluster.features.featureset import feature_set_for

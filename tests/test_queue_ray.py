@@ -9,7 +9,7 @@ import time
 import pytest
 
 from tests.console_support import cancel_jobs
-from tests.test_serving_support import TOKENS, auth
+from tests.test_serving_support import TOKENS, api_home, auth
 
 
 @pytest.fixture(scope="module")
@@ -20,9 +20,7 @@ def queued_api(private_cluster, tmp_path_factory):
     from tests.test_serving_support import in_process
     home = tmp_path_factory.mktemp("queue_ray")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLOPS_HOME", str(home))
-        mp.delenv("MLOPS_CONFIG", raising=False)
-        mp.setenv("MLOPS_API_TOKENS", ",".join(f"{r}:{t}" for r, t in TOKENS.items()))
+        api_home(mp, home)
         mp.setenv("MLOPS_QUEUE__DASHBOARD_ADDRESS", private_cluster.dashboard)
         mp.setenv("MLOPS_QUEUE__TICK_S", "0.5")
         mp.setenv("RAY_AUTH_MODE", "disabled")

@@ -141,9 +141,7 @@ def serving_home(tmp_path_factory):
     models = trained_models(tmp_path_factory)
     home = tmp_path_factory.mktemp("serving_home")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLOPS_HOME", str(home))
-        mp.delenv("MLOPS_CONFIG", raising=False)
-        mp.setenv("MLOPS_API_TOKENS", ",".join(f"{r}:{t}" for r, t in TOKENS.items()))
+        api_home(mp, home)
         mp.setenv("MLOPS_REGISTRY__MODEL_MODULES", TRUSTED_MODULES)
         reset_settings()
         settings = get_settings()
@@ -170,6 +168,13 @@ def in_process(settings, deployment: str, sync_interval_s: float = 0.02):
         yield client, plane, runtime
         if plane.rollout is not None and not plane.rollout.done:
             plane.rollback("test", "test over", token=TOKENS["operator"])
+
+
+def api_home(mp, home) -> None:
+    """Point the settings at ``home`` (no config file) with the tests' API tokens."""
+    mp.setenv("MLOPS_HOME", str(home))
+    mp.delenv("MLOPS_CONFIG", raising=False)
+    mp.setenv("MLOPS_API_TOKENS", ",".join(f"{r}:{t}" for r, t in TOKENS.items()))
 
 
 def auth(role: str) -> dict:
