@@ -282,13 +282,10 @@ def compute_block(instruments: list[str], files: list[str],
 def read_bar_files(instruments: list[str], files: list[str]) -> pd.DataFrame:
     """Whole instruments' bars from the bars data files that may hold them (row
     groups pruned on the files' own statistics)."""
-    import pyarrow.dataset as ds
-
     from cluster.lake.bars import STORED_SCHEMA
-    table = storage.dataset(files, format="parquet", schema=STORED_SCHEMA).to_table(
-        columns=BAR_COLUMNS, filter=ds.field("instrument").isin(list(instruments)))
-    frame = tables.to_frame(table)
-    return frame.sort_values(["instrument", "date"]).reset_index(drop=True)
+    table = tables.read_instruments(files, STORED_SCHEMA, BAR_COLUMNS, instruments,
+                                    tables.row_filter(instruments))
+    return tables.to_frame(table.sort_by([("instrument", "ascending"), ("date", "ascending")]))
 
 
 def _block_name(prefix: str, index: int) -> str:

@@ -119,7 +119,7 @@ class FeaturesTable:
             stats_columns=STATS_COLUMNS, compression=PARQUET_COMPRESSION,
             dictionary=[c for c in DICTIONARY_COLUMNS if c in table.column_names],
             # ~180 float columns nobody prunes on: their min/max cost ~14% of the write
-            row_group_stats=list(STATS_COLUMNS))
+            row_group_stats=list(STATS_COLUMNS), sorted_by=self.spec.cluster_by)
 
     def commit_files(self, files: list[dict], schema: pa.Schema, meta: dict,
                      replace: bool = False, base: DeltaTable | None = None) -> int:

@@ -226,7 +226,7 @@ class TableMaintenance:
                 if order:
                     table = table.sort_by(order)
                 kept += table.num_rows
-                written += self._write(table)
+                written += self._write(table, sorted_by=tuple(c for c, _ in order))
             removes = tables.remove_actions(dt, paths, data_change=False)
             meta = self.meta("rewrite", dt, True)
             tables.commit_files(self.path, dt, written, schema, meta, removes=removes,
@@ -259,7 +259,7 @@ class TableMaintenance:
             chunks.append(ds.field("instrument").is_null())
         return chunks
 
-    def _write(self, table: pa.Table) -> list[dict]:
+    def _write(self, table: pa.Table, sorted_by: tuple[str, ...] = ()) -> list[dict]:
         step = self.spec.target_file_rows
         dictionary = list(self.spec.dictionary_columns) if self.spec.dictionary_columns \
             is not None else True
@@ -270,7 +270,8 @@ class TableMaintenance:
                                        stats_columns=self.spec.stats_columns,
                                        compression=self.spec.compression, dictionary=dictionary,
                                        row_group_stats=list(self.spec.stats_columns)
-                                       if self.spec.narrow_stats else True)
+                                       if self.spec.narrow_stats else True,
+                                       sorted_by=sorted_by)
                 for i in range(0, table.num_rows, step)]
 
     def compact(self) -> dict:

@@ -231,6 +231,13 @@ def write_parquet(table, path, **kwargs) -> int:
     return fs.get_file_info(_key(path)).size
 
 
+def parquet_file(path) -> pq.ParquetFile:
+    """One data file opened for reading (its footer read), on either kind of storage."""
+    if not is_remote(path):
+        return pq.ParquetFile(str(path))
+    return pq.ParquetFile(_key(path), filesystem=filesystem())
+
+
 def dataset(paths, **kwargs) -> ds.Dataset:
     """``ds.dataset`` over data file paths (a list, or one path) of either kind."""
     one = isinstance(paths, (str, Path, ObjectPath))

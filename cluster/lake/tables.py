@@ -10,6 +10,7 @@ race leaves neither a duplicate row nor a stray file.
 """
 from __future__ import annotations
 
+import bisect
 import json
 import time
 import uuid
@@ -181,6 +182,91 @@ def prune(dt: DeltaTable, ranges: list[tuple]) -> list[str]:
     return [f"{root}/{p}" for p in actions.filter(keep).column("path").to_pylist()]
 
 
+def read_instruments(files: list[str], schema: pa.Schema, columns: list[str],
+                     instruments, expr) -> pa.Table:
+    """The rows of ``instruments`` matching ``expr`` from data files sorted by
+    instrument: each file's row groups are chosen on their own instrument min/max (a
+    binary search over the footer's statistics), only those are decoded, then
+    ``expr`` filters their rows. Against a dataset scan with the same filter this
+    halves a one-instrument read of a large file (the scanner simplifies the filter
+    against every row group's statistics, ~20 us each: 165 row groups at 5,000
+    stocks) and skips the row groups of a small daily file that hold other
+    instruments. A file without statistics for ``instrument`` is read whole."""
+    lo, hi = min(instruments), max(instruments)
+    parts = []
+    for path in files:
+        pf = storage.parquet_file(path)
+        md = pf.metadata
+        names = md.schema.names
+        groups = _row_groups_between(md, names.index("instrument"), lo, hi) \
+            if "instrument" in names else list(range(md.num_row_groups))
+        if not groups:
+            continue
+        part = pf.read_row_groups(groups, columns=[c for c in schema.names if c in names],
+                                  use_threads=False)
+        parts.append(_conform(part, schema))
+    if not parts:
+        return schema.empty_table().select(columns)
+    table = pa.concat_tables(parts)
+    return (table.filter(expr) if expr is not None else table).select(columns)
+
+
+def _row_groups_between(md, column: int, lo: str, hi: str) -> list[int]:
+    """Row groups whose ``column`` statistics may hold a value in [lo, hi]. A file
+    that declares itself sorted on that column first (``sorting_columns``, written by
+    :func:`write_data_file`) holds them as one run, found by binary search (~16
+    statistics read at 165 row groups instead of 165: 5 us each); any other file is
+    tested group by group."""
+    n = md.num_row_groups
+    if not n:
+        return []
+
+    def bounds(i: int):
+        stats = md.row_group(i).column(column).statistics
+        return (stats.min, stats.max) if stats is not None and stats.has_min_max else None
+
+    order = md.row_group(0).sorting_columns
+    if order and order[0].column_index == column and not order[0].descending:
+        ends = _Lazy(n, lambda i: bounds(i))
+        if all(ends[i] is not None for i in (0, n - 1)):
+            try:
+                first = bisect.bisect_left(_Lazy(n, lambda i: ends[i][1]), lo)
+                last = bisect.bisect_right(_Lazy(n, lambda i: ends[i][0]), hi)
+                return list(range(first, max(first, last)))
+            except TypeError:  # a group without statistics: test each one
+                pass
+    out = []
+    for i in range(n):
+        b = bounds(i)
+        if b is None or (b[0] <= hi and b[1] >= lo):
+            out.append(i)
+    return out
+
+
+class _Lazy:
+    """A read-only sequence computed on access and remembered (for ``bisect``)."""
+
+    def __init__(self, n: int, get):
+        self.n, self.get, self.seen = n, get, {}
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        if i not in self.seen:
+            self.seen[i] = self.get(i)
+        return self.seen[i]
+
+
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` with ``schema``'s columns and types (a column a file lacks: nulls)."""
+    if table.schema.equals(schema):
+        return table
+    arrays = [table.column(f.name).cast(f.type) if f.name in table.column_names
+              else pa.nulls(table.num_rows, f.type) for f in schema]
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
 def row_filter(instruments=None, start=None, end=None, **equal):
     """A dataset filter: instrument in ``instruments``, date in [start, end], and
     ``column == value`` for each keyword (None: no condition)."""
@@ -207,12 +293,16 @@ def plain_strings(table: pa.Table) -> pa.Table:
 
 
 def to_frame(table: pa.Table) -> pd.DataFrame:
-    """Arrow -> pandas with dates as datetime64[ns] (Delta stores date32)."""
-    frame = table.to_pandas(date_as_object=False)
-    for name, typ in zip(table.schema.names, table.schema.types):
-        if pa.types.is_date(typ) or pa.types.is_timestamp(typ):
-            frame[name] = frame[name].astype("datetime64[ns]")
-    return frame
+    """Arrow -> pandas with dates as datetime64[ns] (Delta stores date32). The cast
+    is done in Arrow: pandas' astype after the conversion cost ~1 ms a column even on
+    a few hundred rows (most of a one-instrument read's conversion, measured)."""
+    for i, field in enumerate(table.schema):
+        if pa.types.is_date(field.type) or (pa.types.is_timestamp(field.type)
+                                            and field.type != pa.timestamp("ns")
+                                            and field.type.tz is None):
+            table = table.set_column(i, field.name, pc.cast(table.column(i),
+                                                            pa.timestamp("ns")))
+    return table.to_pandas()
 
 
 def to_arrow(frame: pd.DataFrame, schema: pa.Schema) -> pa.Table:
@@ -238,17 +328,24 @@ def data_file_name(prefix: str = "part") -> str:
 def write_data_file(root: Path, table: pa.Table, name: str, *, row_group_rows: int,
                     stats_columns: tuple[str, ...], compression: str = "zstd",
                     dictionary: list[str] | bool = True,
-                    row_group_stats: list[str] | bool = True) -> dict:
+                    row_group_stats: list[str] | bool = True,
+                    sorted_by: tuple[str, ...] = ()) -> dict:
     """Write ``table`` as one data file of the table at ``root``, not committed yet
     (readers see it once a commit lists it). Returns the add action as a dict: small,
     so it can travel from a worker to the committing driver. ``row_group_stats``: the
     columns whose row-group min/max the file records (all by default; a wide table
-    names the ones readers prune on)."""
+    names the ones readers prune on). ``sorted_by``: the columns ``table`` is sorted on,
+    declared in the file's row groups (Parquet ``sorting_columns``) so that readers
+    may binary-search its row groups (:func:`read_instruments`)."""
+    import pyarrow.parquet as pq
     if isinstance(row_group_stats, (list, tuple)):
         row_group_stats = [c for c in row_group_stats if c in table.column_names]
+    order = [c for c in sorted_by if c in table.column_names]
+    sorting = [pq.SortingColumn(table.column_names.index(c)) for c in order] or None
     size = storage.write_parquet(table, storage.location(root) / name,
                                  row_group_size=row_group_rows, compression=compression,
-                                 use_dictionary=dictionary, write_statistics=row_group_stats)
+                                 use_dictionary=dictionary, write_statistics=row_group_stats,
+                                 sorting_columns=sorting)
     return {"path": name, "size": size,
             "modification_time": int(time.time() * 1000),
             "stats": json.dumps(file_stats(table, stats_columns))}
