@@ -283,8 +283,7 @@ def read_bar_files(instruments: list[str], files: list[str]) -> pd.DataFrame:
     """Whole instruments' bars from the bars data files that may hold them (row
     groups pruned on the files' own statistics)."""
     from cluster.lake.bars import STORED_SCHEMA
-    table = tables.read_instruments(files, STORED_SCHEMA, BAR_COLUMNS, instruments,
-                                    tables.row_filter(instruments))
+    table = tables.read_instruments(files, STORED_SCHEMA, BAR_COLUMNS, instruments)
     return tables.to_frame(table.sort_by([("instrument", "ascending"), ("date", "ascending")]))
 
 

@@ -183,16 +183,19 @@ def prune(dt: DeltaTable, ranges: list[tuple]) -> list[str]:
 
 
 def read_instruments(files: list[str], schema: pa.Schema, columns: list[str],
-                     instruments, expr) -> pa.Table:
-    """The rows of ``instruments`` matching ``expr`` from data files sorted by
-    instrument: each file's row groups are chosen on their own instrument min/max (a
-    binary search over the footer's statistics), only those are decoded, then
-    ``expr`` filters their rows. Against a dataset scan with the same filter this
-    halves a one-instrument read of a large file (the scanner simplifies the filter
-    against every row group's statistics, ~20 us each: 165 row groups at 5,000
-    stocks) and skips the row groups of a small daily file that hold other
-    instruments. A file without statistics for ``instrument`` is read whole."""
-    lo, hi = min(instruments), max(instruments)
+                     instruments, expr=None) -> pa.Table:
+    """The rows of ``instruments`` (and matching ``expr``, the other conditions, when
+    given) from data files sorted by instrument: each file's row groups are chosen
+    on their own instrument min/max (a binary search over the footer's statistics),
+    only those are decoded, and the rows are kept with one ``is_in`` mask. Against a
+    dataset scan with the same filter this halves a one-instrument read of a large
+    file (the scanner simplifies the filter against every row group's statistics,
+    ~20 us each: 165 row groups at 5,000 stocks), skips the row groups of a small
+    daily file that hold other instruments, and pays no query engine (an Acero
+    filter costs ~0.3 ms whatever the rows). A file without statistics for
+    ``instrument`` is read whole."""
+    names_wanted = sorted(set(instruments))
+    lo, hi = names_wanted[0], names_wanted[-1]
     parts = []
     for path in files:
         pf = storage.parquet_file(path)
@@ -207,8 +210,12 @@ def read_instruments(files: list[str], schema: pa.Schema, columns: list[str],
         parts.append(_conform(part, schema))
     if not parts:
         return schema.empty_table().select(columns)
-    table = pa.concat_tables(parts)
-    return (table.filter(expr) if expr is not None else table).select(columns)
+    table = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+    table = table.filter(pc.is_in(table.column("instrument"),
+                                  value_set=pa.array(names_wanted, pa.string())))
+    if expr is not None:
+        table = table.filter(expr)
+    return table.select(columns)
 
 
 def _row_groups_between(md, column: int, lo: str, hi: str) -> list[int]:
