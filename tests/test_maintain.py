@@ -357,3 +357,44 @@ def test_cli_dry_run_tables_and_old_layout(tmp_path, monkeypatch, registry_uri):
         assert code == 1 and "nope" in err
     finally:
         reset_settings()
+
+
+def test_features_maintenance_rewrites_only_the_eras_new_rows_touch(tmp_path, registry_uri):
+    """The features table is kept by calendar year: after a first pass, a pass after
+    daily appends rewrites only the newest year's files (the older year's file is the
+    same file), keeps one row per key, and changes no data."""
+    settings = lake_settings(tmp_path, registry_uri, retain=1)
+    bars = BarsTable(settings.lake_dir)
+    pipe = FeaturePipeline(settings, EventBus(settings.lake_dir))
+    data = market(3, 300, seed=5)                  # 2015-01-05 .. 2016-02
+    days = sorted(data["date"].unique())
+    bars.commit(data[data["date"] <= days[279]], "history")
+    pipe.run(incremental=True, use_ray=False)
+    first = maintain(settings, names=["features"], steps=REWRITE)
+    assert first["tables"]["features"]["steps"]["compact"]["eras"] == [2015, 2016]
+    features = FeaturesTable(settings.lake_dir)
+
+    def era_files():
+        return sorted(tables.add_actions(features.open()).column("path").to_pylist())
+
+    sealed = era_files()
+    assert sealed and all(p.startswith(("era-2015-", "era-2016-")) for p in sealed)
+    for day in days[280:286]:
+        bars.commit(data[data["date"] == day], "day")
+        pipe.run(incremental=True, use_ray=False)
+    raw = features.read_arrow(dedupe=False).to_pandas()
+    assert raw.duplicated(["feature_set", *KEY]).any()  # superseded label rows
+    before = features.read()
+    out = maintain(settings, names=["features"], steps=REWRITE)["tables"]["features"]
+    step = out["steps"]["compact"]
+    assert step["eras"] == [2016] and step["files_kept"] >= 1 and step["rows_dropped"] > 0
+    after = era_files()
+    old = [p for p in sealed if p.startswith("era-2015-")]
+    assert old and set(old) <= set(after)          # the 2015 files were not rewritten
+    assert not set(p for p in sealed if p.startswith("era-2016-")) & set(after)
+    raw = features.read_arrow(dedupe=False).to_pandas()
+    assert not raw.duplicated(["feature_set", *KEY]).any()
+    pd.testing.assert_frame_equal(features.read(), before)
+    assert pipe.run(incremental=True, use_ray=False)["computed_rows"] == 0
+    again = maintain(settings, names=["features"], steps=REWRITE)["tables"]["features"]
+    assert "skipped" in again["steps"]["compact"] and era_files() == after

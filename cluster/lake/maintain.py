@@ -9,6 +9,9 @@ Steps, per table (``registry.py`` says how each table is clustered):
   row per key is kept. delta-rs's z-order interleaves the bits of several
   columns, so one instrument's rows of a (instrument, date) z-order would spread
   over many row groups; a sort keeps them together, which is what readers prune on.
+  A table kept by date era (``date_eras``: the features) is rewritten only in the
+  calendar years that files written since the last pass touch, so a daily pass
+  costs the newest year's rows, not the whole history's.
 - ``compact`` (other tables): delta-rs's bin-packing ``optimize.compact``.
 - ``checkpoint``: a Delta checkpoint, so opening the table reads one file plus
   the commits after it.
@@ -29,7 +32,7 @@ import logging
 import os
 import re
 import time
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from pathlib import Path
 
 import pyarrow as pa
@@ -205,6 +208,9 @@ class TableMaintenance:
     def rewrite(self) -> dict:
         dt = self.table()
         actions = tables.add_actions(dt)
+        if self.spec.date_eras and "min.date" in actions.column_names and \
+                actions["min.date"].null_count == 0 and actions["max.date"].null_count == 0:
+            return self._rewrite_eras(dt, actions)  # (a file without date stats: whole)
         paths = actions.column("path").to_pylist()
         rows = int(pc.sum(actions["num_records"]).as_py() or 0) if paths else 0
         if not paths or (len(paths) <= max(1, -(-rows // self.spec.target_file_rows))
@@ -237,6 +243,62 @@ class TableMaintenance:
         return {"files_rewritten": len(paths), "files_written": len(written), "rows_in": rows,
                 "rows_out": kept, "rows_dropped": rows - kept}
 
+    def _rewrite_eras(self, dt: DeltaTable, actions: pa.Table) -> dict:
+        """The rewrite of a table kept by date era (``spec.date_eras``): only the eras
+        that unsealed files (anything but an ``era-<year>-`` file holding that year
+        alone: daily appends, a full run's files) touch are rewritten, each from every
+        file overlapping it, deduplicated (the key holds the date, so a key's rows are
+        all in its era) and sorted, into files of that era alone. Every file removed
+        lies wholly in rewritten eras, so no row is lost; sealed eras stay untouched.
+        Read in whole-instrument chunks across the dirty eras (a full run's files span
+        them all: one read, not one per era), each chunk written as one file per era."""
+        paths = actions.column("path").to_pylist()
+        rows_of = dict(zip(paths, actions.column("num_records").to_pylist()))
+        spans = {p: _year_span(lo, hi) for p, lo, hi in zip(
+            paths, actions["min.date"].to_pylist(), actions["max.date"].to_pylist())}
+        dirty: set[int] = set()
+        for path, span in spans.items():
+            if not (len(span) == 1 and path.startswith(f"era-{span[0]}-")):
+                dirty |= set(span)
+        if not dirty:
+            return {"skipped": "already clustered", "files": len(paths)}
+        touched = [p for p, span in spans.items() if dirty & set(span)]
+        rows = sum(int(rows_of[p] or 0) for p in touched)
+        if self.dry_run:
+            return {"would_rewrite_files": len(touched), "rows": rows,
+                    "eras": sorted(dirty)}
+        schema = pa.schema(dt.schema().to_arrow())
+        root = tables.uri_path(dt)
+        dataset = storage.dataset([f"{root}/{p}" for p in touched], format="parquet",
+                                  schema=schema)
+        order = [(c, "ascending") for c in self.spec.cluster_by if c in schema.names]
+        written: list[dict] = []
+        kept = 0
+        try:
+            for expr in self._chunks(dataset, rows):  # whole instruments, every dirty era
+                table = dataset.to_table(filter=expr)
+                if self.spec.dedupe_key:
+                    table = keep_latest(table, self.spec.dedupe_key, self.spec.latest_by)
+                if order:
+                    table = table.sort_by(order)
+                kept += table.num_rows
+                years = pc.year(table.column("date"))
+                for year in pc.unique(years).to_pylist():
+                    part = table.filter(pc.is_null(years) if year is None
+                                        else pc.equal(years, year))
+                    written += self._write(part, sorted_by=tuple(c for c, _ in order),
+                                           prefix="part" if year is None else f"era-{year}")
+            removes = tables.remove_actions(dt, touched, data_change=False)
+            meta = self.meta("rewrite", dt, True)
+            tables.commit_files(self.path, dt, written, schema, meta, removes=removes,
+                                exact=_carries_catalog(meta), data_change=False)
+        except BaseException:
+            tables.discard_files(self.path, written)
+            raise
+        return {"files_rewritten": len(touched), "files_written": len(written), "rows_in": rows,
+                "rows_out": kept, "rows_dropped": rows - kept, "eras": sorted(dirty),
+                "files_kept": len(paths) - len(touched)}
+
     def _chunks(self, dataset: ds.Dataset, rows: int) -> list:
         """Filters that cut the table into whole-instrument chunks of at most about
         ``target_file_rows`` rows (one chunk, no filter, when it is smaller)."""
@@ -259,13 +321,15 @@ class TableMaintenance:
             chunks.append(ds.field("instrument").is_null())
         return chunks
 
-    def _write(self, table: pa.Table, sorted_by: tuple[str, ...] = ()) -> list[dict]:
+    def _write(self, table: pa.Table, sorted_by: tuple[str, ...] = (),
+               prefix: str = "part") -> list[dict]:
         step = self.spec.target_file_rows
         dictionary = list(self.spec.dictionary_columns) if self.spec.dictionary_columns \
             is not None else True
         if isinstance(dictionary, list):
             dictionary = [c for c in dictionary if c in table.column_names]
-        return [tables.write_data_file(self.path, table.slice(i, step), tables.data_file_name(),
+        return [tables.write_data_file(self.path, table.slice(i, step),
+                                       tables.data_file_name(prefix),
                                        row_group_rows=self.spec.row_group_rows,
                                        stats_columns=self.spec.stats_columns,
                                        compression=self.spec.compression, dictionary=dictionary,
@@ -355,6 +419,15 @@ class TableMaintenance:
         for f in doomed:
             storage.delete(log_dir / f)
         return len(doomed)
+
+
+def _year_span(lo, hi) -> list[int]:
+    """The calendar years a file's date statistics span."""
+    return list(range(_year(lo), _year(hi) + 1))
+
+
+def _year(value) -> int:
+    return value.year if hasattr(value, "year") else int(str(value)[:4])
 
 
 def _carries_catalog(meta: dict) -> bool:

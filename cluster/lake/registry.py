@@ -45,6 +45,11 @@ class TableSpec:
     # one file sorted by ``cluster_by`` in the same commit (0: never; maintenance only)
     tail_files: int = 0
     tail_rows: int = 131_072
+    # rewrite by date era (calendar years): maintenance rewrites only the eras that
+    # files written since the last pass touch, each into files of that era alone
+    # (named ``era-<year>-``); older eras' files stay as they are, so a daily pass
+    # costs the newest era's rows, not the whole history's
+    date_eras: bool = False
     description: str = ""
 
     @property
@@ -99,7 +104,7 @@ register(TableSpec("features", cluster_by=("feature_set", "instrument", "date"),
                    dedupe_key=("feature_set", "instrument", "date"), latest_by="data_version",
                    row_group_rows=8_192, target_file_rows=262_144, compression="lz4",
                    dictionary_columns=("instrument", "feature_set"), narrow_stats=True,
-                   checkpoint_interval=1,
+                   checkpoint_interval=1, date_eras=True,
                    description="indicators + Alpha158 + label per feature set"))
 # Events: a checkpoint at every commit too. At interval 5 a young table (day 1: a few
 # commits, no checkpoint) opened from JSON alone and every later one from a checkpoint
