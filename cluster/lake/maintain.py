@@ -221,25 +221,17 @@ class TableMaintenance:
         schema = pa.schema(dt.schema().to_arrow())
         root = tables.uri_path(dt)
         dataset = storage.dataset([f"{root}/{p}" for p in paths], format="parquet", schema=schema)
-        written: list[dict] = []
-        kept = 0
-        try:
+        order = [(c, "ascending") for c in self.spec.cluster_by if c in schema.names]
+
+        def write(written: list[dict]) -> int:
+            kept = 0
             for expr in self._chunks(dataset, rows):
-                table = dataset.to_table(filter=expr)
-                if self.spec.dedupe_key:
-                    table = keep_latest(table, self.spec.dedupe_key, self.spec.latest_by)
-                order = [(c, "ascending") for c in self.spec.cluster_by if c in schema.names]
-                if order:
-                    table = table.sort_by(order)
+                table = self._latest_sorted(dataset.to_table(filter=expr), order)
                 kept += table.num_rows
                 written += self._write(table, sorted_by=tuple(c for c, _ in order))
-            removes = tables.remove_actions(dt, paths, data_change=False)
-            meta = self.meta("rewrite", dt, True)
-            tables.commit_files(self.path, dt, written, schema, meta, removes=removes,
-                                exact=_carries_catalog(meta), data_change=False)
-        except BaseException:
-            tables.discard_files(self.path, written)
-            raise
+            return kept
+
+        written, kept = self._replace(dt, schema, paths, write)
         return {"files_rewritten": len(paths), "files_written": len(written), "rows_in": rows,
                 "rows_out": kept, "rows_dropped": rows - kept}
 
@@ -272,15 +264,11 @@ class TableMaintenance:
         dataset = storage.dataset([f"{root}/{p}" for p in touched], format="parquet",
                                   schema=schema)
         order = [(c, "ascending") for c in self.spec.cluster_by if c in schema.names]
-        written: list[dict] = []
-        kept = 0
-        try:
+
+        def write(written: list[dict]) -> int:
+            kept = 0
             for expr in self._chunks(dataset, rows):  # whole instruments, every dirty era
-                table = dataset.to_table(filter=expr)
-                if self.spec.dedupe_key:
-                    table = keep_latest(table, self.spec.dedupe_key, self.spec.latest_by)
-                if order:
-                    table = table.sort_by(order)
+                table = self._latest_sorted(dataset.to_table(filter=expr), order)
                 kept += table.num_rows
                 years = pc.year(table.column("date"))
                 for year in pc.unique(years).to_pylist():
@@ -288,16 +276,34 @@ class TableMaintenance:
                                         else pc.equal(years, year))
                     written += self._write(part, sorted_by=tuple(c for c, _ in order),
                                            prefix="part" if year is None else f"era-{year}")
-            removes = tables.remove_actions(dt, touched, data_change=False)
+            return kept
+
+        written, kept = self._replace(dt, schema, touched, write)
+        return {"files_rewritten": len(touched), "files_written": len(written), "rows_in": rows,
+                "rows_out": kept, "rows_dropped": rows - kept, "eras": sorted(dirty),
+                "files_kept": len(paths) - len(touched)}
+
+    def _latest_sorted(self, table: pa.Table, order: list) -> pa.Table:
+        if self.spec.dedupe_key:
+            table = keep_latest(table, self.spec.dedupe_key, self.spec.latest_by)
+        return table.sort_by(order) if order else table
+
+    def _replace(self, dt: DeltaTable, schema: pa.Schema, paths: list[str],
+                 write) -> tuple[list[dict], int]:
+        """``write(written)`` writes the new files (appending their add actions) and
+        returns the rows kept; one commit at the version read replaces ``paths`` with
+        them (no data change); on any failure the new files are deleted."""
+        written: list[dict] = []
+        try:
+            kept = write(written)
+            removes = tables.remove_actions(dt, paths, data_change=False)
             meta = self.meta("rewrite", dt, True)
             tables.commit_files(self.path, dt, written, schema, meta, removes=removes,
                                 exact=_carries_catalog(meta), data_change=False)
         except BaseException:
             tables.discard_files(self.path, written)
             raise
-        return {"files_rewritten": len(touched), "files_written": len(written), "rows_in": rows,
-                "rows_out": kept, "rows_dropped": rows - kept, "eras": sorted(dirty),
-                "files_kept": len(paths) - len(touched)}
+        return written, kept
 
     def _chunks(self, dataset: ds.Dataset, rows: int) -> list:
         """Filters that cut the table into whole-instrument chunks of at most about
