@@ -329,20 +329,8 @@ class TableMaintenance:
 
     def _write(self, table: pa.Table, sorted_by: tuple[str, ...] = (),
                prefix: str = "part") -> list[dict]:
-        step = self.spec.target_file_rows
-        dictionary = list(self.spec.dictionary_columns) if self.spec.dictionary_columns \
-            is not None else True
-        if isinstance(dictionary, list):
-            dictionary = [c for c in dictionary if c in table.column_names]
-        return [tables.write_data_file(self.path, table.slice(i, step),
-                                       tables.data_file_name(prefix),
-                                       row_group_rows=self.spec.row_group_rows,
-                                       stats_columns=self.spec.stats_columns,
-                                       compression=self.spec.compression, dictionary=dictionary,
-                                       row_group_stats=list(self.spec.stats_columns)
-                                       if self.spec.narrow_stats else True,
-                                       sorted_by=sorted_by)
-                for i in range(0, table.num_rows, step)]
+        return tables.write_spec_files(self.path, self.spec, table, sorted_by=sorted_by,
+                                       prefix=prefix)
 
     def compact(self) -> dict:
         dt = self.table()

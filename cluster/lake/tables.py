@@ -358,6 +358,23 @@ def write_data_file(root: Path, table: pa.Table, name: str, *, row_group_rows: i
             "stats": json.dumps(file_stats(table, stats_columns))}
 
 
+def write_spec_files(root: Path, spec, table: pa.Table, *, sorted_by: tuple[str, ...] = (),
+                     row_group_rows: int | None = None, prefix: str = "part") -> list[dict]:
+    """``table`` as uncommitted data files of at most ``spec.target_file_rows`` rows,
+    encoded as the table's spec (``registry.py``) says: its compression, dictionary
+    columns, row-group size (``row_group_rows`` overrides it) and statistics."""
+    step = spec.target_file_rows
+    dictionary = True if spec.dictionary_columns is None else \
+        [c for c in spec.dictionary_columns if c in table.column_names]
+    return [write_data_file(root, table.slice(i, step), data_file_name(prefix),
+                            row_group_rows=row_group_rows or spec.row_group_rows,
+                            stats_columns=spec.stats_columns, compression=spec.compression,
+                            dictionary=dictionary,
+                            row_group_stats=list(spec.stats_columns) if spec.narrow_stats
+                            else True, sorted_by=sorted_by)
+            for i in range(0, table.num_rows, step)]
+
+
 def file_stats(table: pa.Table, columns: tuple[str, ...]) -> dict:
     """Delta file statistics: row count, and min/max/null count of ``columns``
     (the ones readers prune on; the other columns get none, as Delta allows)."""
