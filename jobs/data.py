@@ -8,6 +8,7 @@ import argparse
 import sys
 
 from cluster.config import get_settings
+from cluster.errors import MlopsError
 from cluster.lake.bars import BarsTable
 from jobs._cli import run
 
@@ -34,7 +35,15 @@ def main(argv: list[str] | None = None):
         return bars.versions()
     if args.command == "diff":
         return bars.diff(args.a, args.b)
+    if args.limit < 0:
+        raise ValueError(f"--limit must be >= 0, got {args.limit}")
     frame = bars.read(args.version, instruments=args.instrument)
+    missing = sorted(set(args.instrument or []) - set(frame["instrument"].unique()))
+    if missing:  # an instrument in a version's catalog always has bars in it
+        at = "the latest data version" if args.version is None else \
+            f"data version {args.version}"
+        raise MlopsError(f"--instrument: {', '.join(missing)} not in the bars table as of "
+                         f"{at} (`python -m jobs.data versions` lists the versions)")
     frame["date"] = frame["date"].dt.strftime("%Y-%m-%d")
     return frame.tail(args.limit).to_dict("records")
 

@@ -42,6 +42,16 @@ def test_ingest_versions_diff_contract(tmp_path):
             "status"} <= set(versions[0])
     diff = last_json(run_job(home, "jobs.data", "diff", "0", "1"))
     assert diff["instruments_added"] == ["S0005"] and diff["dates_added"] == ["2015-02-16"]
+    shown = last_json(run_job(home, "jobs.data", "show", "--instrument", "S0001",
+                              "--version", "0", "--limit", "3"))
+    assert [r["instrument"] for r in shown] == ["S0001"] * 3
+    assert shown[-1]["date"] == "2015-02-13"
+    # an instrument the version does not hold is named, not an empty list
+    unknown = run_job(home, "jobs.data", "show", "--instrument", "S0005", "--instrument",
+                      "NOPE", "--version", "0", check=False)
+    assert unknown.returncode == 1 and unknown.stdout.strip() == ""
+    assert "--instrument: NOPE, S0005 not in the bars table as of data version 0" \
+        in unknown.stderr
 
 
 def test_refusal_exits_nonzero_with_error_on_stderr(tmp_path):
