@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -155,19 +156,30 @@ class FeaturePipeline:
                 self.fs.id, version, calendar)
             base.calendar = calendar
             return Plan(full=wanted, overwrite=only is None), base
-        stale = snap.meta.index[snap.meta["data_version"] < version]
-        missing = [i for i in wanted if i not in snap.meta.index]
-        lowest = int(snap.meta.loc[stale, "data_version"].min()) if len(stale) else version
+        meta = snap.meta
+        cached_version = meta["data_version"].to_numpy()
+        stale = cached_version < version
+        missing = [i for i in wanted if i not in meta.index]
+        lowest = int(cached_version[stale].min()) if stale.any() else version
         # rows the data versions after the cache's wrote (new or restated); a restated
         # row is dated within the cached range, so the date tells them apart
-        changes = self.bars.changes(after=lowest) if len(stale) else \
+        changes = self.bars.changes(after=lowest) if stale.any() else \
             pd.DataFrame(columns=BAR_COLUMNS + ["version"])
-        changes = changes[changes["instrument"].isin(wanted)]
-        inst_version = changes["instrument"].map(snap.meta["data_version"])
-        changes = changes[inst_version.isna() | (changes["version"] > inst_version)]
-        last = changes["instrument"].map(snap.meta["last_date"])
-        backfill = ~(changes["date"] > last)
-        full = set(missing) | set(changes.loc[backfill, "instrument"])
+        if only is not None:
+            changes = changes[changes["instrument"].isin(wanted)]
+        # by position in the cache's meta (-1: an instrument it does not hold), on
+        # arrays: pandas' map and isin per column cost more than the day's rows
+        at = meta.index.get_indexer(changes["instrument"])
+        held = at >= 0
+        at = np.where(held, at, 0)
+        if len(meta):
+            newer = ~held | (changes["version"].to_numpy() > cached_version[at])
+            last = meta["last_date"].to_numpy()[at]
+            backfill = ~held | ~(changes["date"].to_numpy() > last)
+        else:
+            newer = backfill = ~held
+        names = changes["instrument"].to_numpy(dtype=object)
+        full = set(missing) | set(names[newer & backfill])
         # a calendar day new to the lake inside an instrument's cached range adds a NaN
         # row to it: its windows shift, so it is recomputed in full
         fresh_days = calendar.difference(snap.calendar)
@@ -179,12 +191,13 @@ class FeaturePipeline:
                                   & (fresh_days <= snap.meta.at[inst, "last_date"])]
                 if len(span):
                     full.add(inst)
-        append = changes[~changes["instrument"].isin(full)][BAR_COLUMNS]
+        take = newer & ~np.isin(names, list(full)) if full else newer
+        append = changes[BAR_COLUMNS][take] if not take.all() else changes[BAR_COLUMNS]
         snap.calendar = calendar
         # instruments with no change still move to the new data version
-        skip = full | set(append["instrument"])
-        untouched = [i for i in snap.meta.index.intersection(wanted) if i not in skip]
-        snap.meta.loc[untouched, "data_version"] = version
+        skip = full | set(names[take])
+        untouched = ~meta.index.isin(list(skip)) & meta.index.isin(wanted)
+        meta["data_version"] = np.where(untouched, version, cached_version)
         return Plan(full=sorted(full), append=append if len(append) else None), snap
 
     # -- execution ---------------------------------------------------------
@@ -347,10 +360,25 @@ def _merge_into(snap: CacheSnapshot, *parts: Computed) -> None:
             tails.insert(0, kept)
     if len(tails) == 1:  # a daily update of every instrument: its tail is in key order
         snap.tail = tails[0].reset_index(drop=True)
-    else:  # whole instruments, each in date order: a stable sort by instrument suffices
-        snap.tail = pd.concat(tails, ignore_index=True).sort_values(
-            "instrument", kind="stable").reset_index(drop=True)
+    else:  # whole instruments, each in date order: put their runs in name order
+        tail = pd.concat(tails, ignore_index=True)
+        snap.tail = tail.take(_runs_by_name(tail["instrument"].to_numpy(dtype=object))
+                              ).reset_index(drop=True)
     snap.states = snap.states.merge(*(p.states for p in parts))
+
+
+def _runs_by_name(names: np.ndarray) -> np.ndarray:
+    """The row order that puts runs of equal names in name order, each run's rows
+    kept as they are (a stable sort by name when every name is one run; sorting the
+    runs, not the rows, costs a tenth of pandas' sort of a day's tail)."""
+    if not len(names):
+        return np.zeros(0, dtype=np.int64)
+    starts = np.flatnonzero(np.r_[True, names[1:] != names[:-1]])
+    lengths = np.diff(np.r_[starts, len(names)])
+    by = np.argsort(names[starts], kind="stable")
+    lengths = lengths[by]
+    offsets = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+    return np.arange(len(names), dtype=np.int64) + np.repeat(starts[by] - offsets, lengths)
 
 
 def _empty_snapshot(feature_set: str, version: int, calendar) -> CacheSnapshot:

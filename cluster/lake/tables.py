@@ -30,6 +30,7 @@ from cluster.errors import LakeError
 from cluster.lake import storage
 
 META_KEY = "mlops"
+TOKEN_KEY = "mlops_commit"  # a commit's own id, to find where a rebased commit landed
 # Set on every table we create. delta-rs otherwise deletes log entries older than
 # delta.logRetentionDuration (30 days) after each automatic checkpoint, and a data
 # version a registered model names would stop being readable; jobs.maintain cleans
@@ -94,12 +95,17 @@ def open_table(path: Path, version: int | None = None) -> DeltaTable:
 
 
 def commit_properties(meta: dict, exact: bool = False,
-                      app: tuple[str, int] | None = None) -> CommitProperties:
+                      app: tuple[str, int] | None = None,
+                      token: str | None = None) -> CommitProperties:
     """Our metadata on a commit. ``exact``: the commit lands at the version after
     the one it was prepared on, or fails. ``app``: a Delta application transaction
-    (id, version); two commits carrying the same id conflict, whatever they add."""
+    (id, version); two commits carrying the same id conflict, whatever they add.
+    ``token``: a name for this one commit, beside our metadata (:func:`commit_token_at`)."""
     txns = [Transaction(app[0], int(app[1]), int(time.time() * 1000))] if app else None
-    return CommitProperties(custom_metadata={META_KEY: json.dumps(meta, default=str)},
+    custom = {META_KEY: json.dumps(meta, default=str)}
+    if token:
+        custom[TOKEN_KEY] = token
+    return CommitProperties(custom_metadata=custom,
                             max_commit_retries=0 if exact else None, app_transactions=txns)
 
 
@@ -118,19 +124,24 @@ def commit_meta_at(root: str | Path, version: int) -> dict:
     """Our metadata of commit ``version`` ({} when the commit is another writer's or
     its log entry was cleaned up). Read from that one log entry: delta-rs's
     ``history()`` only walks back from the newest commit."""
+    return commit_meta(commit_info_at(root, version) or {})
+
+
+def commit_info_at(root: str | Path, version: int) -> dict | None:
+    """The ``commitInfo`` of log entry ``version`` (None: no such entry)."""
     entry = log_entry(root, version)
     try:
         if not storage.is_remote(entry):
             with open(entry, encoding="utf-8") as f:
                 for line in f:
                     if line.startswith('{"commitInfo"'):
-                        return commit_meta(json.loads(line)["commitInfo"])
+                        return json.loads(line)["commitInfo"]
             return {}
         for line in storage.read_text(entry).splitlines():
             if line.startswith('{"commitInfo"'):
-                return commit_meta(json.loads(line)["commitInfo"])
+                return json.loads(line)["commitInfo"]
     except FileNotFoundError:
-        return {}
+        return None
     return {}
 
 
@@ -421,7 +432,8 @@ def commit_files(path: Path, base: DeltaTable | None, files: list[dict], schema:
     the new version. Raises :class:`WriteConflict` when ``exact`` (or ``app``) and
     another writer committed first; the files are then left to the caller."""
     actions = [add_action(f, data_change) for f in files] + list(removes)
-    props = commit_properties(meta, exact=exact, app=app)
+    token = uuid.uuid4().hex  # finds this commit in the log when it was rebased
+    props = commit_properties(meta, exact=exact, app=app, token=token)
     try:
         if base is None:
             create_table_with_add_actions(str(path), Schema.from_arrow(schema), actions,
@@ -443,6 +455,25 @@ def commit_files(path: Path, base: DeltaTable | None, files: list[dict], schema:
         raise
     if exact:  # it landed at exactly the next version; the caller's handle stays as read
         return base.version() + 1
+    return _landed_version(path, base, token)
+
+
+# how many log entries after the base a rebased commit is looked for, before asking
+# delta-rs to reload the table instead
+LANDED_SCAN = 64
+
+
+def _landed_version(path, base: DeltaTable, token: str) -> int:
+    """The version our commit (``token`` in its metadata) landed at: the first entry
+    after ``base`` holding it, read from those log entries alone. Reloading ``base``
+    to learn it cost ~3 ms, a tenth of a one-day feature update (measured); the
+    caller's handle stays as it read the table."""
+    for v in range(base.version() + 1, base.version() + 1 + LANDED_SCAN):
+        info = commit_info_at(path, v)
+        if info is None:
+            break
+        if info.get(TOKEN_KEY) == token:
+            return v
     base.update_incremental()
     return base.version()
 
