@@ -47,12 +47,21 @@ def test_ingest_killed_mid_write_leaves_the_previous_version(tmp_path):
     bars = BarsTable(home / "lake")
     before, v0 = bars.read(), bars.version()
     table_dir = home / "lake" / "bars"
-    files0 = {p for p in table_dir.rglob("*.parquet")}
-    proc = subprocess.Popen(job + ["--stocks", "400", "--seed", "7"], env=env,
+    files0 = {p for p in table_dir.glob("*.parquet")}  # data files (not the log's)
+    # the killed ingest's commit waits a minute (the fault: a writer stalled between
+    # its data files and its commit): a fast machine otherwise committed within the
+    # poll interval, before the kill
+    stalled = [sys.executable, "-c", (
+        "import runpy, sys, time; from cluster.lake import tables; "
+        "commit = tables.commit_files; "
+        "tables.commit_files = lambda *a, **k: (time.sleep(60), commit(*a, **k))[1]; "
+        "sys.argv = ['jobs.ingest'] + sys.argv[1:]; "
+        "runpy.run_module('jobs.ingest', run_name='__main__')"), *job[3:]]
+    proc = subprocess.Popen(stalled + ["--stocks", "400", "--seed", "7"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:     # SIGKILL once its first data file is on disk, before the log names it
         _wait_for(lambda: proc.poll() is not None or
-                  {p for p in table_dir.rglob("*.parquet")} - files0, 240, "a data file")
+                  {p for p in table_dir.glob("*.parquet")} - files0, 240, "a data file")
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.wait(60)
