@@ -159,9 +159,10 @@ class FeaturesTable:
             if a == b == fs:
                 gone.append(path)
                 continue
-            # delta-rs keeps min/max of the first 32 columns only, so feature_set's
-            # come from the file: its one (dictionary-encoded) column first, the whole
-            # file only when it mixes feature sets
+            # no feature_set min/max in the log (a table made before its spec named
+            # log_stats_columns, until jobs.maintain sets them), or a file that mixes
+            # feature sets: its one (dictionary-encoded) column first, the whole file
+            # only when it mixes them
             dataset = storage.dataset(f"{self.path}/{path}", format="parquet")
             sets = pc.unique(dataset.to_table(columns=["feature_set"]).column(
                 "feature_set")).to_pylist()

@@ -50,6 +50,13 @@ class TableSpec:
     # (named ``era-<year>-``); older eras' files stay as they are, so a daily pass
     # costs the newest era's rows, not the whole history's
     date_eras: bool = False
+    # the columns whose min/max the Delta log keeps per file (Delta's
+    # ``delta.dataSkippingStatsColumns``); () keeps delta-rs's default, the first 32
+    # columns. A wide table names its pruning columns: without it delta-rs dropped
+    # the stats of ``feature_set`` (column 183 of features), so a full run read every
+    # old file's feature_set column to learn what to replace (~30 ms of its commit),
+    # and the log kept min/max of 30 factor columns nobody prunes on
+    log_stats_columns: tuple[str, ...] = ()
     description: str = ""
 
     @property
@@ -105,6 +112,7 @@ register(TableSpec("features", cluster_by=("feature_set", "instrument", "date"),
                    row_group_rows=8_192, target_file_rows=262_144, compression="lz4",
                    dictionary_columns=("instrument", "feature_set"), narrow_stats=True,
                    checkpoint_interval=1, date_eras=True,
+                   log_stats_columns=("feature_set", "instrument", "date", "data_version"),
                    description="indicators + Alpha158 + label per feature set"))
 # Events: a checkpoint at every commit too. At interval 5 a young table (day 1: a few
 # commits, no checkpoint) opened from JSON alone and every later one from a checkpoint

@@ -43,9 +43,14 @@ TABLE_CONFIG = {"delta.enableExpiredLogCleanup": "false", "delta.checkpointInter
 
 
 def table_config(name: str) -> dict:
-    """TABLE_CONFIG with the table's own checkpoint interval (``registry.py``)."""
+    """TABLE_CONFIG with the table's own checkpoint interval and log statistics
+    columns (``registry.py``)."""
     from cluster.lake.registry import spec_for
-    return {**TABLE_CONFIG, "delta.checkpointInterval": str(spec_for(name).checkpoint_interval)}
+    spec = spec_for(name)
+    config = {**TABLE_CONFIG, "delta.checkpointInterval": str(spec.checkpoint_interval)}
+    if spec.log_stats_columns:
+        config["delta.dataSkippingStatsColumns"] = ",".join(spec.log_stats_columns)
+    return config
 
 
 class WriteConflict(LakeError):
