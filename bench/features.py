@@ -11,7 +11,8 @@ timed and reported apart. Baseline: Qlib 0.9.7's own ``Alpha158`` handler (raw
 values, no processors, ``kernels=2``) over a provider directory of the same bars,
 built by the bench. Target: >= 20x. Also printed: ours in process, and ours in
 process computing only (the same blocks, nothing written: the share of the Delta
-write, which Qlib's handler, returning a frame, does not do).
+write, which Qlib's handler, returning a frame, does not do), and the same on Ray
+Data's 2 CPUs.
 
 incremental: the same bars without their last day are computed in full; then the
 last day lands (one data version) and ``--incremental`` computes it. Baseline: a
@@ -67,6 +68,8 @@ def bench_qlib(args) -> None:
     t_ours, summary = timed(lambda: pipe.run(incremental=False, use_ray=True), args.repeat)
     t_local, _ = timed(lambda: pipe.run(incremental=False, use_ray=False), args.repeat)
     t_compute, _ = timed(lambda: compute_only(settings), args.repeat)
+    compute_only_ray(settings)  # warm
+    t_compute_ray, _ = timed(lambda: compute_only_ray(settings), args.repeat)
 
     provider = work / "qlib"
     export_qlib(bars, provider)
@@ -95,6 +98,9 @@ def bench_qlib(args) -> None:
         {"what": "ours, in process, compute only (no Delta write: Qlib's handler writes "
                  "nothing either)", "seconds": round(t_compute, 2),
          "speedup_vs_qlib": round(t_qlib / t_compute, 1)},
+        {"what": "ours, Ray Data, 2 CPUs, compute only (the same blocks, counted, nothing "
+                 "written)", "seconds": round(t_compute_ray, 2),
+         "speedup_vs_qlib": round(t_qlib / t_compute_ray, 1)},
         {"what": "ray start-up (excluded above)", "seconds": round(ray_start, 2)},
     ])
 
@@ -115,6 +121,44 @@ def compute_only(settings) -> int:
                             fs, bars.data_version())
         rows += part.features.num_rows
     return rows
+
+
+def compute_only_ray(settings) -> int:
+    """``compute_only`` on Ray Data, one task per block as the full run schedules them;
+    each returns its row count (nothing written, no factor cache): what the full run's
+    Ray path costs without the Delta write and the driver's commit."""
+    import json
+
+    import numpy as np
+    import ray
+
+    from cluster.features.compute import compute_full
+    from cluster.features.featureset import feature_set_for
+    from cluster.features.pipeline import _chunks, read_bar_files
+    from cluster.lake.bars import BarsTable
+    bars = BarsTable(settings.lake_dir).pinned()
+    catalog, fs, version = bars.catalog(), feature_set_for(settings), bars.data_version()
+    calendar = catalog.calendar
+    items = [{"instruments": json.dumps(g), "files": json.dumps(bars.files_for(g))}
+             for g in _chunks(catalog.instruments,
+                              settings.feature_pipeline.instruments_per_block)]
+
+    def compute(batch: dict) -> dict:
+        return {"rows": np.array([
+            compute_full(read_bar_files(json.loads(g), json.loads(f)), calendar, fs,
+                         version).features.num_rows
+            for g, f in zip(batch["instruments"], batch["files"])])}
+
+    context = ray.data.DataContext.get_current()
+    reserved = context.op_resource_reservation_enabled
+    context.op_resource_reservation_enabled = False  # as the pipeline's Ray path does
+    try:
+        ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+            compute, batch_size=1, batch_format="numpy")
+    finally:
+        context.op_resource_reservation_enabled = reserved
+    return int(sum(b["rows"].sum() for b in ds.iter_batches(batch_size=None,
+                                                           batch_format="numpy")))
 
 
 def bench_incremental(args) -> None:

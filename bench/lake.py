@@ -83,7 +83,8 @@ class Lake:
         t2, c2 = time.perf_counter(), time.process_time()
         row = {"day": k, "ingest_s": t1 - t0, "features_s": t2 - t1,
                "ingest_cpu_s": c1 - c0, "features_cpu_s": c2 - c1,
-               "computed_rows": features["computed_rows"], "created": summary["created"]}
+               "computed_rows": features["computed_rows"], "created": summary["created"],
+               "quarantined": summary.get("rows_quarantined", 0)}
         if measure:
             row.update(self.probe(probe))
         self.days.append(row)
@@ -108,6 +109,8 @@ class Lake:
             t0 = time.perf_counter()
             frame = BarsTable(self.settings.lake_dir).read(instruments=[instrument])
             reads.append(time.perf_counter() - t0)
+        if frame.empty:
+            sys.exit(f"bench: the probe instrument {instrument!r} has no bars in the lake")
         out["read_one_ms"] = statistics.median(reads) * 1000
         out["read_one_rows"] = len(frame)
         for name in TABLES:
@@ -139,7 +142,7 @@ def summarise(lake: Lake, at: list[int]) -> list[dict]:
                 row[key] = round(value, 1)
             elif key.endswith("_mb"):
                 row[key] = round(value, 2)
-            elif key.endswith("_files") or key == "computed_rows":
+            elif key.endswith("_files") or key in ("computed_rows", "quarantined"):
                 row[key] = value
         rows.append(row)
     return rows
@@ -246,7 +249,7 @@ def replay(work: Path, snaps: Path, daily: list[Path], at: list[int], probe: str
                 row[key] = round(statistics.median(r[key] for r in rs), 3)
                 if key in ("ingest_s", "features_s", "ingest_cpu_s", "features_cpu_s"):
                     row[f"{key}_med5"] = row[key]  # (median of the rounds)
-            elif key.endswith("_files") or key == "computed_rows":
+            elif key.endswith("_files") or key in ("computed_rows", "quarantined"):
                 row[key] = rs[0][key]
         out.append(row)
     return out
@@ -266,8 +269,10 @@ def main() -> None:
     try:
         if args.which in ("dev", "both"):
             source = pd.read_parquet(shared("sp500_5yr_dev.parquet"))
+            # the probe: an instrument with bars on the last day (AAPL is not among them)
+            probe = str(source.loc[source["Date"] == source["Date"].max(), "Name"].min())
             run_scenario("241 shared tickers", source, "Date", args.days or 250,
-                         args.maintain_every, "AAPL", work / "dev")
+                         args.maintain_every, probe, work / "dev")
         if args.which in ("synthetic", "both"):
             from cluster.sources.synthetic import synthetic_market
             days = args.days or 60
