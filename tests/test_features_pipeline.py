@@ -255,6 +255,23 @@ def test_full_run_files_carry_the_stats_readers_prune_on(tmp_path):
     one = features._files(tables.open_table(features.path), [names[-1]], None, None)
     assert len(one) == 1  # min/max of instrument in the log: the other two files pruned
     assert set(features.read(instruments=[names[-1]])["instrument"]) == {names[-1]}
+    # the log keeps min/max of the pruning columns alone, feature_set (column 183) among
+    # them: a full run learns what it replaces from the log, not from the files
+    assert set(actions["min.feature_set"].to_pylist()) == {pipe.fs.id}
+    assert not [c for c in actions.column_names if c.startswith("min.") and c not in (
+        "min.feature_set", "min.instrument", "min.date", "min.data_version")]
+    # a table made before that setting: jobs.maintain sets it (no data change)
+    dt = tables.open_table(features.path)
+    dt.alter.set_table_properties({"delta.dataSkippingStatsColumns": "instrument,date"})
+    logged = lambda: tables.add_actions(tables.open_table(features.path)).column_names  # noqa: E731
+    assert "min.feature_set" not in logged()
+    from cluster.lake.maintain import maintain
+    out = maintain(pipe.settings, ["features"], steps=["checkpoint"])
+    assert not out["errors"], out["errors"]
+    assert "min.feature_set" in logged()
+    before = features.read()
+    pipe.run(incremental=False, use_ray=False)  # replaces its own files, by the log's stats
+    pd.testing.assert_frame_equal(features.read(), before)
 
 
 def test_unknown_instrument_is_refused(tmp_path):
