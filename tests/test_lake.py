@@ -249,3 +249,28 @@ def test_read_instruments_equals_a_filter_of_every_row(case):
     expect = whole[keep].sort_values(order).reset_index(drop=True)
     assert_frame = got.sort_values(order).reset_index(drop=True)
     pd.testing.assert_frame_equal(assert_frame, expect, check_dtype=False)
+
+
+def test_rebased_commit_reports_the_version_it_landed_at(tmp_path):
+    """A commit prepared on an old snapshot lands after another writer's (Delta rebases
+    a blind append); the version returned is its own, found from the log."""
+    import pyarrow as pa
+
+    from cluster.lake import tables
+    path = tmp_path / "t"
+    schema = pa.schema([("k", pa.int64())])
+
+    def write(k: int) -> dict:
+        return tables.write_data_file(path, pa.table({"k": [k]}, schema=schema),
+                                      tables.data_file_name(), row_group_rows=8,
+                                      stats_columns=("k",))
+    assert tables.commit_files(path, None, [write(0)], schema, {"n": 0}) == 0
+    stale = tables.open_table(path)                       # a writer reads version 0
+    other = tables.open_table(path)
+    assert tables.commit_files(path, other, [write(1)], schema, {"n": 1}) == 1
+    assert tables.commit_files(path, other, [write(2)], schema, {"n": 2}) == 2
+    landed = tables.commit_files(path, stale, [write(3)], schema, {"n": 3})
+    assert landed == 3 and tables.commit_meta_at(path, landed) == {"n": 3}
+    assert stale.version() == 0  # the caller's handle stays as it read the table
+    got = sorted(tables.open_table(path).to_pyarrow_table().column("k").to_pylist())
+    assert got == [0, 1, 2, 3]

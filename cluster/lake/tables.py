@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import logging
 import time
 import uuid
 from datetime import date, datetime
@@ -29,6 +30,7 @@ from deltalake.transaction import (AddAction, RemoveAction, Transaction,
 from cluster.errors import LakeError
 from cluster.lake import storage
 
+log = logging.getLogger(__name__)
 META_KEY = "mlops"
 TOKEN_KEY = "mlops_commit"  # a commit's own id, to find where a rebased commit landed
 # Set on every table we create. delta-rs otherwise deletes log entries older than
@@ -473,12 +475,16 @@ def _landed_version(path, base: DeltaTable, token: str) -> int:
     after ``base`` holding it, read from those log entries alone. Reloading ``base``
     to learn it cost ~3 ms, a tenth of a one-day feature update (measured); the
     caller's handle stays as it read the table."""
-    for v in range(base.version() + 1, base.version() + 1 + LANDED_SCAN):
-        info = commit_info_at(path, v)
-        if info is None:
-            break
-        if info.get(TOKEN_KEY) == token:
-            return v
+    try:
+        for v in range(base.version() + 1, base.version() + 1 + LANDED_SCAN):
+            info = commit_info_at(path, v)
+            if info is None:
+                break
+            if info.get(TOKEN_KEY) == token:
+                return v
+    except (OSError, ValueError) as exc:  # the commit landed; only finding it failed
+        log.warning("%s: reading the log after a commit failed (%s); reloading",
+                    storage.location(path).name, exc)
     base.update_incremental()
     return base.version()
 
