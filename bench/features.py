@@ -130,11 +130,10 @@ def compute_only_ray(settings) -> int:
     import json
 
     import numpy as np
-    import ray
 
     from cluster.features.compute import compute_full
     from cluster.features.featureset import feature_set_for
-    from cluster.features.pipeline import _chunks, read_bar_files
+    from cluster.features.pipeline import _chunks, one_operator_map, read_bar_files
     from cluster.lake.bars import BarsTable
     bars = BarsTable(settings.lake_dir).pinned()
     catalog, fs, version = bars.catalog(), feature_set_for(settings), bars.data_version()
@@ -149,14 +148,7 @@ def compute_only_ray(settings) -> int:
                          version).features.num_rows
             for g, f in zip(batch["instruments"], batch["files"])])}
 
-    context = ray.data.DataContext.get_current()
-    reserved = context.op_resource_reservation_enabled
-    context.op_resource_reservation_enabled = False  # as the pipeline's Ray path does
-    try:
-        ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-            compute, batch_size=1, batch_format="numpy")
-    finally:
-        context.op_resource_reservation_enabled = reserved
+    ds = one_operator_map(items, compute)  # scheduled as the pipeline's Ray path is
     return int(sum(b["rows"].sum() for b in ds.iter_batches(batch_size=None,
                                                            batch_format="numpy")))
 

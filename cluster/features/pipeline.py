@@ -35,7 +35,7 @@ from cluster.config import Settings, get_settings
 from cluster.errors import LakeError, MlopsError
 from cluster.events import EventBus, FeaturesUpdated, get_bus
 from cluster.features.cache import CacheSnapshot, FeatureCache
-from cluster.features.compute import Computed, compute_append, compute_full
+from cluster.features.compute import Computed, _run_bounds, compute_append, compute_full
 from cluster.features.featureset import FeatureSet, feature_set_for
 from cluster.features.indicators import IndicatorStates
 from cluster.lake import storage, tables
@@ -327,20 +327,27 @@ def _ray_blocks(groups, files, calendar, fs, version, lake_dir, prefix):
             compute_block(json.loads(g), json.loads(f), cal, fs, version, lake_dir, n)
             for g, f, n in zip(batch["instruments"], batch["files"], batch["name"])])
 
-    # Ray Data reserves a share of the CPUs for each operator of a plan; on a small
-    # machine that leaves the one map operator here one task at a time (16 blocks of
-    # 0.2 s took 3.4 s on 2 CPUs, 1.8 s without the reservation, measured). The plan
-    # has one operator doing all the work, so it gets every CPU. A dataset keeps a
-    # copy of the context it was created under: the setting stays with this one.
+    ds = one_operator_map(items, compute)
+    yield from ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2)
+
+
+def one_operator_map(items: list[dict], fn):
+    """A Ray Data dataset of ``items``, one block each, mapped by ``fn`` one item
+    per batch, whose one operator gets every CPU.
+
+    Ray Data reserves a share of the CPUs for each operator of a plan; on a small
+    machine that left the one map operator here one task at a time (16 blocks of
+    0.2 s took 3.4 s on 2 CPUs, 1.8 s without the reservation, measured). A dataset
+    keeps a copy of the context it was created under: the setting stays with it."""
+    import ray
     context = ray.data.DataContext.get_current()
     reserved = context.op_resource_reservation_enabled
     context.op_resource_reservation_enabled = False
     try:
         ds = ray.data.from_items(items, override_num_blocks=len(items))
-        ds = ds.map_batches(compute, batch_size=1, batch_format="numpy")
+        return ds.map_batches(fn, batch_size=1, batch_format="numpy")
     finally:
         context.op_resource_reservation_enabled = reserved
-    yield from ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2)
 
 
 def _merge_into(snap: CacheSnapshot, *parts: Computed) -> None:
@@ -371,10 +378,8 @@ def _runs_by_name(names: np.ndarray) -> np.ndarray:
     """The row order that puts runs of equal names in name order, each run's rows
     kept as they are (a stable sort by name when every name is one run; sorting the
     runs, not the rows, costs a tenth of pandas' sort of a day's tail)."""
-    if not len(names):
-        return np.zeros(0, dtype=np.int64)
-    starts = np.flatnonzero(np.r_[True, names[1:] != names[:-1]])
-    lengths = np.diff(np.r_[starts, len(names)])
+    starts, ends = _run_bounds(names)
+    lengths = ends - starts
     by = np.argsort(names[starts], kind="stable")
     lengths = lengths[by]
     offsets = np.concatenate(([0], np.cumsum(lengths)[:-1]))

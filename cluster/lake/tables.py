@@ -107,7 +107,7 @@ def commit_properties(meta: dict, exact: bool = False,
     """Our metadata on a commit. ``exact``: the commit lands at the version after
     the one it was prepared on, or fails. ``app``: a Delta application transaction
     (id, version); two commits carrying the same id conflict, whatever they add.
-    ``token``: a name for this one commit, beside our metadata (:func:`commit_token_at`)."""
+    ``token``: a name for this one commit, beside our metadata (:func:`_landed_version`)."""
     txns = [Transaction(app[0], int(app[1]), int(time.time() * 1000))] if app else None
     custom = {META_KEY: json.dumps(meta, default=str)}
     if token:
